@@ -1,0 +1,16 @@
+"""numba_adamax: Keras-exact Adamax with fused Numba kernels.
+
+``Adamax`` is the Keras 3 optimizer interface; ``init`` / ``step`` are the
+functional core it is built on (``AdamaxState`` is the record they share).
+``schedules`` holds the Keras learning-rate schedules. Importing the package
+compiles nothing; kernels compile on first use (see ``warmup``).
+"""
+from . import schedules
+from ._core import init, step
+from ._hyperparameters import Hyperparameters
+from ._state import AdamaxState
+from ._warmup import warmup
+from .optimizer import Adamax
+
+__all__ = ["Adamax", "AdamaxState", "Hyperparameters", "init", "step", "schedules", "warmup"]
+__version__ = "0.1.0"

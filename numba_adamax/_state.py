@@ -1,0 +1,185 @@
+"""The optimizer state: slots in flat per-dtype buffers, counters and the layout."""
+import re
+
+import numpy as np
+
+from . import _validation as check
+
+#: Element alignment of each variable's slice inside a flat buffer (64 bytes of float32).
+ALIGNMENT = 16
+
+SLOT_NAMES = ("m", "u", "ema", "accumulator")
+
+
+class SlotGroup:
+    """The slots of all variables of one dtype, each slot one contiguous buffer.
+
+    ``indices[k]`` is the variable stored at ``offsets[k]`` (its ``sizes[k]``
+    elements); ``m``, ``u``, ``ema`` and ``accumulator`` are flat arrays of
+    ``total`` elements (``ema``/``accumulator`` are empty when not configured).
+    """
+
+    def __init__(self, dtype, indices, sizes, use_ema, use_accumulator):
+        self.dtype = np.dtype(dtype)
+        self.indices = tuple(indices)
+        self.sizes = tuple(sizes)
+        offsets, position = [], 0
+        for size in self.sizes:
+            offsets.append(position)
+            position += -(-size // ALIGNMENT) * ALIGNMENT
+        self.offsets = tuple(offsets)
+        self.total = position
+
+        def buffer(wanted):
+            return np.zeros(self.total if wanted else 0, dtype=self.dtype)
+
+        self.m = buffer(True)
+        self.u = buffer(True)
+        self.ema = buffer(use_ema)
+        self.accumulator = buffer(use_accumulator)
+        self.empty = np.zeros(0, dtype=self.dtype)
+
+    def flat_view(self, slot, k):
+        """1-D view of variable ``k`` of this group inside ``slot``'s buffer (or ``empty``)."""
+        buf = getattr(self, slot)
+        if buf.size == 0:
+            return self.empty
+        return buf[self.offsets[k]:self.offsets[k] + self.sizes[k]]
+
+
+class AdamaxState:
+    """Everything the optimizer keeps between calls (the functional API's record).
+
+    Attributes:
+        hyperparameters: the ``Hyperparameters`` in force (mutable, validated).
+        params: tuple of the variables (numpy arrays updated in place), in order.
+        names: tuple of variable names (used by weight-decay exclusion and saving).
+        raw_steps: int, calls applied so far (Keras' internal iteration counter).
+        m, u: tuples of per-variable views (shape of the variable) of the first
+            moment and the infinity norm.
+        ema: per-variable EMA averages (empty tuple unless ``use_ema``).
+        accumulators: per-variable gradient accumulators (empty tuple unless
+            ``gradient_accumulation_steps``).
+        weight_decay_mask: list of bools, True where weight decay applies.
+        groups: tuple of ``SlotGroup``, one per dtype, owning the flat buffers.
+
+    Derived counters: ``iterations`` (Keras' property: ``raw_steps``, or
+    ``raw_steps // gradient_accumulation_steps``) and ``bias_correction_step``
+    (the ``t`` of ``1 - beta_1**t`` the next update uses, ``iterations + 1``).
+    """
+
+    def __init__(self, params, names, hyperparameters):
+        self.hyperparameters = hyperparameters
+        self.params = tuple(params)
+        self.names = tuple(names)
+        self.raw_steps = 0
+        self.weight_decay_mask = [True] * len(self.params)
+        use_ema = hyperparameters.use_ema
+        use_acc = hyperparameters.gradient_accumulation_steps is not None
+        by_dtype = {}
+        for i, p in enumerate(self.params):
+            by_dtype.setdefault(p.dtype, []).append(i)
+        self.groups = tuple(
+            SlotGroup(dtype, idx, [self.params[i].size for i in idx], use_ema, use_acc)
+            for dtype, idx in by_dtype.items())
+        # Per-variable (group, 1-D views) used by the kernels, and shaped views for users.
+        n = len(self.params)
+        self.flat = [None] * n
+        for group in self.groups:
+            for k, i in enumerate(group.indices):
+                self.flat[i] = (group, self.params[i].reshape(-1),
+                                *(group.flat_view(s, k) for s in SLOT_NAMES))
+        self.m = tuple(self._shaped(i, 2) for i in range(n))
+        self.u = tuple(self._shaped(i, 3) for i in range(n))
+        self.ema = tuple(self._shaped(i, 4) for i in range(n)) if use_ema else ()
+        self.accumulators = tuple(self._shaped(i, 5) for i in range(n)) if use_acc else ()
+        self._index = {id(p): i for i, p in enumerate(self.params)}
+        self.name_index = {name: i for i, name in enumerate(self.names)}
+
+    def _shaped(self, i, position):
+        return self.flat[i][position].reshape(self.params[i].shape)
+
+    # ------------------------------------------------------------ counters
+
+    @property
+    def iterations(self):
+        """Completed updates: ``raw_steps`` or ``raw_steps // gradient_accumulation_steps``."""
+        gas = self.hyperparameters.gradient_accumulation_steps
+        return self.raw_steps // gas if gas else self.raw_steps
+
+    @property
+    def bias_correction_step(self):
+        """The step ``t`` the next update's bias correction ``1 - beta_1**t`` uses."""
+        return self.iterations + 1
+
+    # ------------------------------------------------------------ lookup
+
+    def index_of(self, variable):
+        """Position of ``variable`` (matched by identity), or ValueError ``Unknown variable``."""
+        i = self._index.get(id(variable))
+        if i is None or self.params[i] is not variable:
+            raise ValueError(f"Unknown variable: an array of shape {np.shape(variable)} that "
+                             "the optimizer was not built with.")
+        return i
+
+    def slot_names(self):
+        """The slot names this configuration has, Keras-style."""
+        names = ["m", "u"]
+        if self.ema:
+            names.append("ema")
+        if self.accumulators:
+            names.append("accumulator")
+        return names
+
+    def slot(self, i, slot_name):
+        """The shaped slot array ``slot_name`` (``m``, ``u``/``v``, ``ema``, ``accumulator``) of variable ``i``."""
+        table = {"m": self.m, "u": self.u, "v": self.u, "ema": self.ema,
+                 "accumulator": self.accumulators}
+        if slot_name not in table:
+            raise ValueError(f"Unknown slot name {slot_name!r}; expected one of "
+                             "'m', 'u' (or 'v'), 'ema', 'accumulator'.")
+        slots = table[slot_name]
+        if not slots:
+            raise ValueError(f"Slot {slot_name!r} does not exist in this configuration; "
+                             f"available: {self.slot_names()}.")
+        return slots[i]
+
+    def state_arrays(self):
+        """The slot arrays in Keras' ``variables`` order after the counter:
+        EMA averages, accumulators, then m0, u0, m1, u1, ..."""
+        interleaved = [s for pair in zip(self.m, self.u) for s in pair]
+        return [*self.ema, *self.accumulators, *interleaved]
+
+    def set_weight_decay_exclusions(self, var_names=None, var_list=None):
+        """Recompute ``weight_decay_mask``: a variable is excluded if it is in
+        ``var_list`` (identity) or one of the regexes ``var_names`` is found in its name."""
+        pattern = re.compile("|".join(set(var_names))) if var_names else None
+        ids = {id(v) for v in var_list or ()}
+        self.weight_decay_mask = [
+            not (id(p) in ids or (pattern is not None and pattern.search(name)))
+            for p, name in zip(self.params, self.names)]
+
+
+def create(params, names, hyperparameters):
+    """Validate ``params`` (and ``names``) and return a fresh ``AdamaxState``.
+
+    ``params`` is a list/tuple of arrays or a dict name -> array; ``names`` names a
+    list (default ``variable_0``, ``variable_1``, ...). Raises before allocating.
+    The caller locks ``hyperparameters`` once it adopts the state.
+    """
+    if isinstance(params, dict):
+        if names is not None:
+            raise ValueError("`names` cannot be given when the variables are a dict.")
+        names = tuple(str(k) for k in params)
+        params = list(params.values())
+    else:
+        params = check.sequence(params, "`variables`")
+        names = (check.names(names, len(params)) if names is not None
+                 else tuple(f"variable_{i}" for i in range(len(params))))
+    if not params:
+        raise ValueError("`variables` is empty; there is nothing to optimize.")
+    for i, p in enumerate(params):
+        check.variable(p, f"variable {names[i]!r}")
+    if len({id(p) for p in params}) != len(params):
+        raise ValueError("The same array appears more than once in `variables`.")
+    return AdamaxState(params, names, hyperparameters)

@@ -1,0 +1,172 @@
+"""Every check on user input, in one place.
+
+Hyperparameter checks return the normalised value (Python ``float``/``int``) or raise
+``ValueError`` naming the argument and the value. Array checks raise ``TypeError``
+for the wrong kind of object or dtype and ``ValueError`` for a wrong shape, layout or
+count. Nothing here mutates anything; callers run all checks before the first write.
+"""
+import math
+import numbers
+
+import numpy as np
+
+#: dtypes the CPU kernels accept for variables and gradients.
+CPU_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+LEARNING_RATE_MESSAGE = (
+    "Argument `learning_rate` should be float, or an instance of LearningRateSchedule, "
+    "or a callable (that takes in the current iteration value and returns the "
+    "corresponding learning rate value). Received instead: learning_rate={!r}")
+
+
+def _is_real(value):
+    return (isinstance(value, (numbers.Real, np.floating, np.integer))
+            and not isinstance(value, (bool, np.bool_)))
+
+
+def _is_int(value):
+    return (isinstance(value, (numbers.Integral, np.integer))
+            and not isinstance(value, (bool, np.bool_)))
+
+
+def real(name, value, *, low=None, high=None, low_open=False, high_open=False,
+         optional=False):
+    """Return ``value`` as a finite Python float inside the given bounds, else raise ValueError."""
+    if value is None and optional:
+        return None
+    if not _is_real(value) or not math.isfinite(float(value)):
+        raise ValueError(f"Argument `{name}` must be a finite real number"
+                         f"{' or None' if optional else ''}. Received: {name}={value!r}")
+    x = float(value)
+    too_low = low is not None and (x <= low if low_open else x < low)
+    too_high = high is not None and (x >= high if high_open else x > high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        bounds = " and ".join(part for part in (lo, hi) if part)
+        raise ValueError(f"Argument `{name}` must be {bounds}. Received: {name}={value!r}")
+    return x
+
+
+def learning_rate(value, schedule_type):
+    """Validate a ``learning_rate`` argument: a number, a schedule or a zero-argument callable."""
+    if isinstance(value, schedule_type) or (callable(value) and not _is_real(value)):
+        return value
+    if not _is_real(value):
+        raise ValueError(LEARNING_RATE_MESSAGE.format(value))
+    return real("learning_rate", value, low=0.0)
+
+
+def learning_rate_value(value, source):
+    """Check the number a schedule or callable learning rate produced; return a float."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if not _is_real(value) or not math.isfinite(float(value)) or float(value) < 0:
+        raise ValueError(f"The learning rate {source} returned {value!r}; "
+                         "expected a finite real number >= 0.")
+    return float(value)
+
+
+def boolean(name, value):
+    """Return ``value`` as a bool; only ``bool`` and ``numpy.bool_`` are accepted."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Argument `{name}` must be a bool. Received: {name}={value!r}")
+    return bool(value)
+
+
+def ema_momentum(value):
+    """``ema_momentum`` in [0, 1], with Keras' message."""
+    if not _is_real(value) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError("`ema_momentum` must be in the range [0, 1]. "
+                         f"Received: ema_momentum={value!r}")
+    return float(value)
+
+
+def ema_overwrite_frequency(value):
+    """``ema_overwrite_frequency``: None or an int >= 1, with Keras' message."""
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise ValueError("`ema_overwrite_frequency` must be an integer >= 1 or None. "
+                         f"Received: ema_overwrite_frequency={value!r}")
+    return int(value)
+
+
+def gradient_accumulation_steps(value):
+    """``gradient_accumulation_steps``: None or an int >= 2, with Keras' message."""
+    if value is None:
+        return None
+    if not _is_int(value) or value < 2:
+        raise ValueError("`gradient_accumulation_steps` must be an integer >= 2. "
+                         f"Received: gradient_accumulation_steps={value!r}")
+    return int(value)
+
+
+def name(value):
+    """The optimizer name: a non-empty str."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"Argument `name` must be a non-empty str. Received: name={value!r}")
+    return value
+
+
+def clip_exclusive(clipnorm, clipvalue, global_clipnorm):
+    """At most one clipping argument may be set (Keras' rule and message)."""
+    if sum(v is not None for v in (clipnorm, clipvalue, global_clipnorm)) > 1:
+        raise ValueError(
+            "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+            f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+            f"global_clipnorm={global_clipnorm}")
+
+
+# ---------------------------------------------------------------- arrays
+
+def _describe(x):
+    return f"{type(x).__module__}.{type(x).__qualname__}"
+
+
+def variable(x, label):
+    """Check one variable: a writeable, C-contiguous float32/float64 numpy array."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{label} must be a numpy.ndarray, got {_describe(x)}.")
+    if x.dtype not in CPU_DTYPES:
+        hint = (" float16 is supported on CUDA only; keep float32 master weights on the CPU."
+                if x.dtype == np.float16 else "")
+        raise TypeError(f"{label} has dtype {x.dtype}; expected float32 or float64.{hint}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{label} is not C-contiguous; pass np.ascontiguousarray(...) "
+                         "and keep that array as the variable.")
+    if not x.flags.writeable:
+        raise ValueError(f"{label} is read-only; the optimizer updates variables in place.")
+
+
+def gradient(g, var, label):
+    """Check one gradient against its variable: same dtype and shape, C-contiguous ndarray."""
+    if not isinstance(g, np.ndarray):
+        raise TypeError(f"{label} must be a numpy.ndarray or None, got {_describe(g)}; "
+                        "sequences are not converted.")
+    if g.dtype != var.dtype:
+        raise TypeError(f"{label} has dtype {g.dtype} but its variable has dtype {var.dtype}.")
+    if g.shape != var.shape:
+        raise ValueError(f"{label} has shape {g.shape} but its variable has shape {var.shape}.")
+    if not g.flags.c_contiguous:
+        raise ValueError(f"{label} is not C-contiguous.")
+
+
+def sequence(value, label):
+    """Return ``value`` as a list if it is a list or tuple, else raise TypeError."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{label} must be a list, a tuple or a dict, got {_describe(value)}.")
+    return list(value)
+
+
+def names(values, count):
+    """Variable names: ``count`` distinct strings."""
+    values = sequence(values, "`names`")
+    if len(values) != count:
+        raise ValueError(f"`names` has {len(values)} entries for {count} variables.")
+    for v in values:
+        if not isinstance(v, str):
+            raise TypeError(f"`names` entries must be str, got {v!r}.")
+    if len(set(values)) != len(values):
+        raise ValueError(f"`names` must be distinct; got {values}.")
+    return tuple(values)

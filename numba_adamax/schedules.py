@@ -1,0 +1,628 @@
+"""Learning-rate schedules that reproduce ``keras.optimizers.schedules`` (Keras 3.15.1).
+
+A schedule maps the optimizer step ``s`` (the number of earlier ``apply`` calls, so 0 on the
+first one) to a learning rate. The six built-in classes use the same names, argument order,
+defaults, formulas, default ``name`` values and ``get_config`` keys as Keras, so a Keras
+configuration can be loaded unchanged and ours can be read back by Keras.
+
+Every schedule returns a Python ``float``, computed in float64 with :mod:`math`. The arithmetic
+follows the order of operations Keras uses, so the values agree with Keras running in float64
+(JAX with ``jax_enable_x64``) and, after rounding, with its default float32 run.
+
+Where Keras would produce ``inf`` or ``nan`` (an overflowing power, a division by zero), so do we:
+the small ``_pow``, ``_div``, ... helpers below follow IEEE-754 instead of raising like
+:mod:`math`. Argument checking is stricter than in Keras: numbers must be finite reals (``bool``
+and ``str`` are refused), ``warmup_steps`` must be >= 0, ``t_mul`` > 0, ``boundaries`` strictly
+increasing and ``name`` a ``str``; steps must be finite reals >= 0. The messages name the argument
+and the value received. A non-positive ``decay_steps`` / ``first_decay_steps`` raises with the
+exact Keras message.
+
+:func:`serialize` and :func:`deserialize` use the Keras layout
+``{"module": "keras.optimizers.schedules", "class_name": ..., "config": ..., "registered_name": None}``.
+Configurations contain only JSON types.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "LearningRateSchedule",
+    "ExponentialDecay",
+    "PiecewiseConstantDecay",
+    "PolynomialDecay",
+    "InverseTimeDecay",
+    "CosineDecay",
+    "CosineDecayRestarts",
+    "serialize",
+    "deserialize",
+]
+
+_KERAS_MODULE = "keras.optimizers.schedules"
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checking
+# --------------------------------------------------------------------------------------------
+
+def _type_name(value):
+    return type(value).__name__
+
+
+def _real(name, value):
+    """Return ``value`` as a finite Python ``int`` or ``float``; raise naming ``name`` otherwise.
+
+    Integers (including NumPy integers) stay integers, so that ``get_config`` reports
+    ``decay_steps=3`` as Keras does; every other real number becomes a ``float``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"Argument `{name}` must be a real number. "
+            f"Received: {name}={value!r} (of type {_type_name(value)})"
+        )
+    try:
+        as_float = float(value)
+    except OverflowError:  # an integer too large for a float64
+        as_float = math.inf
+    if not math.isfinite(as_float):
+        raise ValueError(f"Argument `{name}` must be finite. Received: {name}={value!r}")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return as_float
+
+
+def _positive_steps(name, value):
+    """A finite real > 0, refused with the Keras message otherwise."""
+    value = _real(name, value)
+    if value <= 0:
+        raise ValueError(f"Argument `{name}` must be > 0. Received: {name}={value}")
+    return value
+
+
+def _flag(name, value):
+    """A ``bool`` (a NumPy bool scalar is accepted and converted)."""
+    if isinstance(value, bool):
+        return value
+    kind = type(value)
+    if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):
+        return bool(value)
+    raise TypeError(
+        f"Argument `{name}` must be a bool. Received: {name}={value!r} (of type {_type_name(value)})"
+    )
+
+
+def _name(value):
+    if not isinstance(value, str):
+        raise TypeError(
+            f"Argument `name` must be a str. Received: name={value!r} (of type {_type_name(value)})"
+        )
+    return value
+
+
+def _sequence(name, value):
+    """A list copy of a non-string iterable (its items are checked separately)."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"Argument `{name}` must be a list of real numbers. "
+            f"Received: {name}={value!r} (of type {_type_name(value)})"
+        )
+    return list(value)
+
+
+def _step(step):
+    """Validate the step a schedule is called with and return it as a float."""
+    if getattr(step, "shape", None) == () and hasattr(step, "item"):
+        step = step.item()  # a 0-d array or tensor
+    if isinstance(step, bool) or not isinstance(step, numbers.Real):
+        raise TypeError(
+            f"The step must be a real number. Received: step={step!r} (of type {_type_name(step)})"
+        )
+    try:
+        value = float(step)
+    except OverflowError:
+        value = math.inf
+    if not (0.0 <= value < math.inf):
+        raise ValueError(f"The step must be a finite number >= 0. Received: step={step!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# IEEE-754 arithmetic: inf and nan where :mod:`math` and ``/`` would raise, as in Keras
+# --------------------------------------------------------------------------------------------
+
+def _pow(base, exponent):
+    try:
+        return math.pow(base, exponent)
+    except OverflowError:
+        odd_exponent = exponent.is_integer() and math.fmod(exponent, 2.0) != 0.0
+        return -math.inf if (base < 0 and odd_exponent) else math.inf
+    except ValueError:  # 0 ** negative, or negative ** non-integer
+        return math.inf if base == 0 else math.nan
+
+
+def _div(numerator, denominator):
+    if denominator == 0:
+        if numerator == 0 or math.isnan(numerator):
+            return math.nan
+        return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
+    return numerator / denominator
+
+
+def _log(x):
+    if x > 0:
+        return math.log(x)
+    return -math.inf if x == 0 else math.nan
+
+
+def _floor(x):
+    return float(math.floor(x)) if math.isfinite(x) else x
+
+
+def _ceil(x):
+    return float(math.ceil(x)) if math.isfinite(x) else x
+
+
+def _cos(x):
+    return math.cos(x) if math.isfinite(x) else math.nan
+
+
+# --------------------------------------------------------------------------------------------
+# Base class
+# --------------------------------------------------------------------------------------------
+
+class LearningRateSchedule:
+    """Base class of learning-rate schedules.
+
+    Subclasses implement ``__call__(step)``, returning the learning rate for ``step`` (the number
+    of earlier optimizer steps: 0 on the first), and ``get_config()``, returning a dict of their
+    constructor arguments. ``from_config(config)`` is ``cls(**config)``.
+
+    Two schedules are equal when they have the same class and the same ``get_config()``;
+    schedules are therefore not hashable.
+    """
+
+    def __call__(self, step):
+        raise NotImplementedError(
+            f"Learning rate schedule '{type(self).__name__}' must override `__call__(self, step)`."
+        )
+
+    def get_config(self):
+        raise NotImplementedError(
+            f"Learning rate schedule '{type(self).__name__}' must override `get_config()`."
+        )
+
+    @classmethod
+    def from_config(cls, config):
+        """Create a schedule from the dict returned by ``get_config()``."""
+        return cls(**config)
+
+    def __repr__(self):
+        try:
+            config = self.get_config()
+        except NotImplementedError:
+            return object.__repr__(self)
+        arguments = ", ".join(f"{key}={value!r}" for key, value in config.items())
+        return f"{type(self).__name__}({arguments})"
+
+    def __eq__(self, other):
+        if not isinstance(other, LearningRateSchedule):
+            return NotImplemented
+        if type(self) is not type(other):
+            return False
+        try:
+            return self.get_config() == other.get_config()
+        except NotImplementedError:
+            return self is other
+
+    __hash__ = None
+
+
+# --------------------------------------------------------------------------------------------
+# The six Keras schedules
+# --------------------------------------------------------------------------------------------
+
+class ExponentialDecay(LearningRateSchedule):
+    """Exponential decay.
+
+    With ``p = s / decay_steps`` (rounded down to an integer when ``staircase``)::
+
+        lr(s) = initial_learning_rate * decay_rate ** p
+
+    ``staircase=True`` makes the rate drop in steps, once every ``decay_steps`` steps.
+    """
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
+                 name="ExponentialDecay"):
+        initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
+        decay_steps = _positive_steps("decay_steps", decay_steps)
+        decay_rate = _real("decay_rate", decay_rate)
+        staircase = _flag("staircase", staircase)
+        name = _name(name)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.decay_rate = decay_rate
+        self.staircase = staircase
+        self.name = name
+
+    def __call__(self, step):
+        p = _step(step) / self.decay_steps
+        if self.staircase:
+            p = _floor(p)
+        return float(self.initial_learning_rate) * _pow(float(self.decay_rate), p)
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "staircase": self.staircase,
+            "name": self.name,
+        }
+
+
+class PiecewiseConstantDecay(LearningRateSchedule):
+    """Piecewise-constant learning rate.
+
+    With ``boundaries = [b0, b1, ..., bn]`` and ``values = [v0, v1, ..., vn+1]``::
+
+        lr(s) = v0        if s <= b0
+                v(i+1)    if b(i) < s <= b(i+1)
+                v(n+1)    if s > bn
+
+    Each interval includes its right-hand boundary. ``values`` must have one element more than
+    ``boundaries``, and ``boundaries`` must be strictly increasing.
+    """
+
+    def __init__(self, boundaries, values, name="PiecewiseConstant"):
+        boundaries = _sequence("boundaries", boundaries)
+        values = _sequence("values", values)
+        if len(values) != len(boundaries) + 1:
+            raise ValueError(
+                "The length of boundaries should be 1 less than the length of values. "
+                f"Received: boundaries={boundaries} of length {len(boundaries)}, "
+                f"and values={values} of length {len(values)}."
+            )
+        boundaries = [_real(f"boundaries[{i}]", b) for i, b in enumerate(boundaries)]
+        values = [_real(f"values[{i}]", v) for i, v in enumerate(values)]
+        for i in range(1, len(boundaries)):
+            if not boundaries[i - 1] < boundaries[i]:
+                raise ValueError(
+                    "Argument `boundaries` must be strictly increasing. "
+                    f"Received: boundaries={boundaries} "
+                    f"(boundaries[{i - 1}]={boundaries[i - 1]} >= boundaries[{i}]={boundaries[i]})"
+                )
+        name = _name(name)
+        self.boundaries = boundaries
+        self.values = values
+        self.name = name
+
+    def __call__(self, step):
+        # bisect_left counts the boundaries strictly below the step: boundaries are inclusive
+        # on the right.
+        index = bisect.bisect_left(self.boundaries, _step(step))
+        return float(self.values[index])
+
+    def get_config(self):
+        return {
+            "boundaries": list(self.boundaries),
+            "values": list(self.values),
+            "name": self.name,
+        }
+
+
+class PolynomialDecay(LearningRateSchedule):
+    """Polynomial decay from ``initial_learning_rate`` to ``end_learning_rate``.
+
+    Without ``cycle`` the step stops at ``decay_steps``: with ``s' = min(s, decay_steps)`` and
+    ``D = decay_steps``. With ``cycle`` the horizon grows instead: ``s' = s`` and
+    ``D = decay_steps * ceil(s / decay_steps)``, with a multiplier of 1 at ``s = 0``. Then::
+
+        lr(s) = (initial_learning_rate - end_learning_rate) * (1 - s' / D) ** power
+                + end_learning_rate
+    """
+
+    def __init__(self, initial_learning_rate, decay_steps, end_learning_rate=0.0001, power=1.0,
+                 cycle=False, name="PolynomialDecay"):
+        initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
+        decay_steps = _positive_steps("decay_steps", decay_steps)
+        end_learning_rate = _real("end_learning_rate", end_learning_rate)
+        power = _real("power", power)
+        cycle = _flag("cycle", cycle)
+        name = _name(name)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.end_learning_rate = end_learning_rate
+        self.power = power
+        self.cycle = cycle
+        self.name = name
+
+    def __call__(self, step):
+        s = _step(step)
+        horizon = float(self.decay_steps)
+        if self.cycle:
+            multiplier = 1.0 if s == 0 else _ceil(s / horizon)
+            horizon = horizon * multiplier
+        else:
+            s = min(s, horizon)
+        p = _div(s, horizon)
+        start = float(self.initial_learning_rate)
+        end = float(self.end_learning_rate)
+        return (start - end) * _pow(1.0 - p, float(self.power)) + end
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "end_learning_rate": self.end_learning_rate,
+            "power": self.power,
+            "cycle": self.cycle,
+            "name": self.name,
+        }
+
+
+class InverseTimeDecay(LearningRateSchedule):
+    """Inverse-time decay.
+
+    With ``p = s / decay_steps`` (rounded down to an integer when ``staircase``)::
+
+        lr(s) = initial_learning_rate / (1 + decay_rate * p)
+    """
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
+                 name="InverseTimeDecay"):
+        initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
+        decay_steps = _positive_steps("decay_steps", decay_steps)
+        decay_rate = _real("decay_rate", decay_rate)
+        staircase = _flag("staircase", staircase)
+        name = _name(name)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.decay_rate = decay_rate
+        self.staircase = staircase
+        self.name = name
+
+    def __call__(self, step):
+        p = _step(step) / self.decay_steps
+        if self.staircase:
+            p = _floor(p)
+        return _div(float(self.initial_learning_rate), 1.0 + self.decay_rate * p)
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "staircase": self.staircase,
+            "name": self.name,
+        }
+
+
+class CosineDecay(LearningRateSchedule):
+    """Cosine decay, with an optional linear warmup.
+
+    Let ``D = decay_steps``, ``W = warmup_steps`` and::
+
+        cosdecay(x, top) = top * ((1 - alpha) * 0.5 * (1 + cos(pi * x / D)) + alpha)
+
+    Without warmup (``warmup_target is None``)::
+
+        lr(s) = cosdecay(min(s, D), initial_learning_rate)
+
+    With warmup, ``s' = min(s, D + W)`` and::
+
+        lr(s) = (warmup_target - initial_learning_rate) * s' / W + initial_learning_rate
+                                              if s' < W
+                cosdecay(s' - W, warmup_target)   otherwise
+
+    so the rate climbs linearly from ``initial_learning_rate`` to ``warmup_target`` over ``W``
+    steps, then decays to ``alpha * warmup_target``. ``alpha`` is always a fraction of the rate
+    the cosine starts from.
+    """
+
+    def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name="CosineDecay",
+                 warmup_target=None, warmup_steps=0):
+        initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
+        decay_steps = _positive_steps("decay_steps", decay_steps)
+        alpha = _real("alpha", alpha)
+        name = _name(name)
+        if warmup_target is not None:
+            warmup_target = _real("warmup_target", warmup_target)
+        warmup_steps = _real("warmup_steps", warmup_steps)
+        if warmup_steps < 0:
+            raise ValueError(
+                f"Argument `warmup_steps` must be >= 0. Received: warmup_steps={warmup_steps}"
+            )
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.alpha = alpha
+        self.name = name
+        self.warmup_target = warmup_target
+        self.warmup_steps = warmup_steps
+
+    def _cosine(self, step, decay_from):
+        fraction = step / self.decay_steps
+        cosine = 0.5 * (1.0 + _cos(math.pi * fraction))
+        return decay_from * ((1.0 - self.alpha) * cosine + self.alpha)
+
+    def __call__(self, step):
+        s = _step(step)
+        start = float(self.initial_learning_rate)
+        if self.warmup_target is None:
+            return self._cosine(min(s, float(self.decay_steps)), start)
+        warmup_steps = float(self.warmup_steps)
+        target = float(self.warmup_target)
+        s = min(s, self.decay_steps + warmup_steps)
+        if s < warmup_steps:
+            return (target - start) * (s / warmup_steps) + start
+        return self._cosine(s - warmup_steps, target)
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "alpha": self.alpha,
+            "name": self.name,
+            "warmup_target": self.warmup_target,
+            "warmup_steps": self.warmup_steps,
+        }
+
+
+class CosineDecayRestarts(LearningRateSchedule):
+    """Cosine decay with warm restarts (SGDR).
+
+    Let ``f = s / first_decay_steps``. Find the index ``i`` of the current period and the
+    fraction ``f`` of it already done:
+
+    - if ``t_mul == 1`` (all periods equally long): ``i = floor(f)`` and ``f <- f - i``;
+    - otherwise (period ``k`` is ``t_mul ** k`` times the first one)::
+
+          i = floor(log(1 - f * (1 - t_mul)) / log(t_mul))
+          f <- (f - (1 - t_mul ** i) / (1 - t_mul)) / t_mul ** i
+
+    Then::
+
+        lr(s) = initial_learning_rate
+                * ((1 - alpha) * 0.5 * m_mul ** i * (1 + cos(pi * f)) + alpha)
+
+    Each restart begins at ``m_mul ** i`` times the initial rate; the floor ``alpha`` (a fraction
+    of ``initial_learning_rate``) is *not* scaled by ``m_mul ** i``. With ``t_mul < 1`` the
+    periods shrink and their total length is finite; past it the value is ``nan``, as in Keras.
+    """
+
+    def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0, alpha=0.0,
+                 name="SGDRDecay"):
+        initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
+        first_decay_steps = _positive_steps("first_decay_steps", first_decay_steps)
+        t_mul = _real("t_mul", t_mul)
+        if t_mul <= 0:
+            raise ValueError(f"Argument `t_mul` must be > 0. Received: t_mul={t_mul}")
+        m_mul = _real("m_mul", m_mul)
+        alpha = _real("alpha", alpha)
+        name = _name(name)
+        self.initial_learning_rate = initial_learning_rate
+        self.first_decay_steps = first_decay_steps
+        self.t_mul = t_mul
+        self.m_mul = m_mul
+        self.alpha = alpha
+        self.name = name
+
+    def __call__(self, step):
+        fraction = _step(step) / self.first_decay_steps
+        t_mul = float(self.t_mul)
+        if t_mul == 1.0:
+            restart = _floor(fraction)
+            fraction = fraction - restart
+        else:
+            restart = _floor(_log(1.0 - fraction * (1.0 - t_mul)) / math.log(t_mul))
+            period_scale = _pow(t_mul, restart)
+            elapsed = (1.0 - period_scale) / (1.0 - t_mul)  # earlier periods, in first periods
+            fraction = _div(fraction - elapsed, period_scale)
+        m_factor = _pow(float(self.m_mul), restart)
+        cosine = 0.5 * m_factor * (1.0 + _cos(math.pi * fraction))
+        decayed = (1.0 - self.alpha) * cosine + self.alpha
+        return float(self.initial_learning_rate) * decayed
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "first_decay_steps": self.first_decay_steps,
+            "t_mul": self.t_mul,
+            "m_mul": self.m_mul,
+            "alpha": self.alpha,
+            "name": self.name,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Serialization
+# --------------------------------------------------------------------------------------------
+
+_BUILT_IN = {
+    cls.__name__: cls
+    for cls in (
+        ExponentialDecay,
+        PiecewiseConstantDecay,
+        PolynomialDecay,
+        InverseTimeDecay,
+        CosineDecay,
+        CosineDecayRestarts,
+    )
+}
+
+
+def serialize(schedule):
+    """Return the Keras serialization dict of ``schedule``.
+
+    A built-in schedule gives
+    ``{"module": "keras.optimizers.schedules", "class_name": ..., "config": ..., "registered_name": None}``;
+    a user subclass gives its own module and its class name as ``registered_name`` (as Keras does for
+    unregistered custom objects), to be found again through ``deserialize(..., custom_objects)``.
+    """
+    if not isinstance(schedule, LearningRateSchedule):
+        raise TypeError(
+            "serialize() expects a LearningRateSchedule. "
+            f"Received: {schedule!r} (of type {_type_name(schedule)})"
+        )
+    cls = type(schedule)
+    if _BUILT_IN.get(cls.__name__) is cls:
+        module, registered_name = _KERAS_MODULE, None
+    else:
+        module, registered_name = cls.__module__, cls.__name__
+    return {
+        "module": module,
+        "class_name": cls.__name__,
+        "config": schedule.get_config(),
+        "registered_name": registered_name,
+    }
+
+
+def deserialize(config, custom_objects=None):
+    """Rebuild a schedule from the dict made by :func:`serialize` (or by Keras).
+
+    ``custom_objects`` maps names to user subclasses of :class:`LearningRateSchedule`; it is
+    searched first, by ``registered_name`` and then by ``class_name``. Otherwise ``class_name``
+    must name one of the six built-in schedules. An unknown name raises ``ValueError``.
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            "deserialize() expects a dict with keys 'class_name' and 'config'. "
+            f"Received: {config!r} (of type {_type_name(config)})"
+        )
+    missing = [key for key in ("class_name", "config") if key not in config]
+    if missing:
+        raise ValueError(
+            f"A serialized schedule needs the keys 'class_name' and 'config'; missing {missing}. "
+            f"Received: {dict(config)!r}"
+        )
+    if custom_objects is not None and not isinstance(custom_objects, Mapping):
+        raise TypeError(
+            "Argument `custom_objects` must be a dict or None. "
+            f"Received: custom_objects={custom_objects!r}"
+        )
+    class_name = config["class_name"]
+    cls = None
+    for key in (config.get("registered_name"), class_name):
+        if custom_objects and isinstance(key, str) and key in custom_objects:
+            cls = custom_objects[key]
+            break
+    if cls is None:
+        cls = _BUILT_IN.get(class_name) if isinstance(class_name, str) else None
+    if cls is None:
+        raise ValueError(
+            f"Unknown learning rate schedule: class_name={class_name!r}. Expected one of "
+            f"{sorted(_BUILT_IN)}, or a class passed in `custom_objects`."
+        )
+    if not (isinstance(cls, type) and issubclass(cls, LearningRateSchedule)):
+        raise TypeError(
+            f"custom_objects[{class_name!r}] must be a subclass of LearningRateSchedule. "
+            f"Received: {cls!r}"
+        )
+    inner = config["config"]
+    if not isinstance(inner, Mapping):
+        raise TypeError(
+            f"The 'config' of a serialized schedule must be a dict. Received: config={inner!r}"
+        )
+    return cls.from_config(dict(inner))
