@@ -5,6 +5,7 @@
 in Python, then makes one norm pass (only when clipping by norm) and one fused pass
 per variable. The ``Adamax`` class and ``step`` both end here.
 """
+import math
 import warnings
 
 import numpy as np
@@ -133,91 +134,84 @@ def run_step(state, grads, lr):
     """Run one validated call; ``lr`` is the learning rate (``None`` on an accumulation
     micro-step). Mutates the variables, the slots and ``state.raw_steps``."""
     kernels = _kernels()
+    threshold = kernels.PARALLEL_THRESHOLD
     hp = state.hyperparameters
-    gas = hp.gradient_accumulation_steps
-    update = lr is not None
     iterations = state.iterations
-    use_acc = gas is not None
-    use_ema = hp.use_ema
-    overwrite = bool(use_ema and hp.ema_overwrite_frequency
+    use_acc = hp.gradient_accumulation_steps is not None
+    ema_momentum = 0.0 if iterations == 0 else hp.ema_momentum
+    overwrite = bool(hp.use_ema and hp.ema_overwrite_frequency
                      and (iterations + 1) % hp.ema_overwrite_frequency == 0)
-    mode = _math.MODE_UPDATE if update else _math.MODE_ACCUMULATE
-    has_ls = hp.loss_scale_factor is not None
-    clip_mode, clip_value = _clip_setting(hp) if update else (_math.CLIP_NONE, 0.0)
-    has_wd = update and hp.weight_decay is not None
-    base = (lr or 0.0, hp.weight_decay or 0.0, 1.0 - hp.beta_1, hp.beta_2, hp.epsilon, 1.0,
-            hp.loss_scale_factor or 1.0, float(gas or 1), 0.0, 0.0,
-            0.0 if iterations == 0 else hp.ema_momentum)
+    loss_scale = hp.loss_scale_factor or 1.0
 
-    # One coefficient tuple per dtype: the bias correction is computed in that dtype.
-    coefficients = {}
-    t = iterations + 1
-    for group in state.groups:
-        dt = group.dtype.type
-        bias = _rounded(group.dtype, dt(1) - dt(hp.beta_1) ** dt(t)) if update else 1.0
-        coefficients[group.dtype] = base[:5] + (bias,) + base[6:]
-
-    # Clip factors need the norms of the effective gradients first (one reduction pass).
-    clip = {}
-    if clip_mode in (_math.CLIP_NORM, _math.CLIP_SCALE):
-        sums = {}
-        flags = (mode, has_ls, use_acc, 0, 0, 0, 0)
+    if lr is None:  # accumulation micro-step
         for i, g in enumerate(grads):
+            group, w, m, u, e, a = state.flat[i]
             if g is not None:
-                group, _, _, _, _, acc = state.flat[i]
-                sums[i] = kernels.sum_of_squares(g.reshape(-1), acc,
-                                                 coefficients[group.dtype], flags)
-        clip = _clip_factors(state, sums, clip_mode, clip_value)
-    elif clip_mode == _math.CLIP_VALUE:
-        clip = {i: (clip_value, 0.0) for i, g in enumerate(grads) if g is not None}
+                kernels.accumulate(w.size >= threshold, w, g.reshape(-1), e, a, loss_scale,
+                                   ema_momentum, overwrite)
+            elif e is not None:
+                kernels.ema(w.size >= threshold, w, e, ema_momentum, overwrite)
+        state.raw_steps += 1
+        return
 
+    steps = float(hp.gradient_accumulation_steps or 1)
+    clip = _clip_factors(state, grads, hp, loss_scale, steps, threshold)
+    weight_decay = hp.weight_decay
+    t = iterations + 1
+    bias = {group.dtype: _rounded(group.dtype, group.dtype.type(1)
+                                  - group.dtype.type(hp.beta_1) ** group.dtype.type(t))
+            for group in state.groups}
     for i, g in enumerate(grads):
         group, w, m, u, e, a = state.flat[i]
-        c = coefficients[group.dtype]
         if g is None:
-            if use_ema:
-                kernels.fused_step(w, w, m, u, e, a, c,
-                                   (_math.MODE_EMA_ONLY, 0, 0, 0, 0, 1, int(overwrite)))
-            if update and use_acc:
+            if e is not None:
+                kernels.ema(w.size >= threshold, w, e, ema_momentum, overwrite)
+            if a is not None:
                 a.fill(0)  # Keras resets every accumulator on an update step
             continue
-        if i in clip:
-            c = c[:8] + clip[i] + c[10:]
-        flags = (mode, int(has_ls), int(use_acc), clip_mode,
-                 int(has_wd and state.weight_decay_mask[i]), int(use_ema), int(overwrite))
-        kernels.fused_step(w, g.reshape(-1), m, u, e, a, c, flags)
+        clip_scale, clip_divisor, clip_value = clip[i]
+        has_wd = weight_decay is not None and state.weight_decay_mask[i]
+        kernels.update(w.size >= threshold, w, g.reshape(-1), m, u, e, a, loss_scale, steps,
+                       clip_scale, clip_divisor, clip_value, lr, has_wd, weight_decay or 0.0,
+                       1.0 - hp.beta_1, hp.beta_2, hp.epsilon, bias[group.dtype],
+                       ema_momentum, overwrite)
     state.raw_steps += 1
 
 
-def _clip_setting(hp):
-    """The active clipping as ``(CLIP_* mode, value)``, by Keras' priority order."""
-    if hp.clipnorm:
-        return _math.CLIP_NORM, hp.clipnorm
-    if hp.global_clipnorm:
-        return _math.CLIP_SCALE, hp.global_clipnorm
-    if hp.clipvalue:
-        return _math.CLIP_VALUE, hp.clipvalue
-    return _math.CLIP_NONE, 0.0
+_NO_CLIP = (1.0, 1.0, math.inf)
 
 
-def _clip_factors(state, sums, clip_mode, c):
-    """Per-variable ``(clip_a, clip_b)`` from the squared norms, in each variable's dtype.
+def _clip_factors(state, grads, hp, loss_scale, steps, threshold):
+    """Per-variable ``(clip_scale, clip_divisor, clip_value)`` for ``_math.clip_gradient``.
 
-    ``clipnorm``: ``g * c / max(||g||, c)``. ``global_clipnorm``: every gradient is
-    multiplied by ``c * min(1/N, 1/c) + (N - N)``, which is NaN when N is not finite.
+    Keras' priority: ``clipnorm`` (``g * c / max(||g||, c)``, per variable), then
+    ``global_clipnorm`` (every gradient times ``c * min(1/N, 1/c) + (N - N)``, NaN
+    when N is not finite), then ``clipvalue``. Norms are of the effective gradient
+    (unscaled, accumulated mean), summed in float64 and finished in each variable's
+    dtype. Costs one reduction pass when clipping by norm.
     """
+    present = [i for i, g in enumerate(grads) if g is not None]
+    if hp.clipvalue:
+        return dict.fromkeys(present, (1.0, 1.0, hp.clipvalue))
+    c = hp.clipnorm or hp.global_clipnorm
+    if not c:
+        return dict.fromkeys(present, _NO_CLIP)
+    sums = {}
+    for i in present:
+        g, a = grads[i], state.flat[i][5]
+        sums[i] = _kernels().sum_of_squares(g.size >= threshold, g.reshape(-1), a,
+                                            loss_scale, steps)
     factors = {}
+    total = sum(sums.values())
     with np.errstate(all="ignore"):
-        if clip_mode == _math.CLIP_NORM:
-            for i, s in sums.items():
-                dt = state.params[i].dtype.type
-                norm = np.sqrt(dt(s))
-                factors[i] = (_rounded(np.dtype(dt), c), float(np.maximum(norm, dt(c))))
-        else:
-            total = sum(sums.values())
-            for i in sums:
-                dt = state.params[i].dtype.type
+        for i in present:
+            dt = state.params[i].dtype.type
+            if hp.clipnorm:
+                norm = np.sqrt(dt(sums[i]))
+                factors[i] = (_rounded(np.dtype(dt), c), float(np.maximum(norm, dt(c))),
+                              math.inf)
+            else:
                 n = np.sqrt(dt(total))
                 scale = dt(c) * np.minimum(dt(1) / n, dt(1) / dt(c)) + (n - n)
-                factors[i] = (float(scale), 0.0)
+                factors[i] = (float(scale), 1.0, math.inf)
     return factors

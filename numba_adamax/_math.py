@@ -1,27 +1,28 @@
 """Per-element Adamax arithmetic, written once for every target.
 
-``compile_for(decorator)`` defines the scalar functions and compiles them with the
-given decorator: the CPU kernels use ``numba.njit(inline="always")`` and the CUDA
-kernels ``cuda.jit(device=True)``, so both targets run exactly the same float
-operations in the same order (the order Keras 3 uses; see the README's "Update
-rule"). ``compile_for(lambda f: f)`` gives the plain Python versions.
+``compile_for(decorator)`` defines the element functions and compiles them with
+the given decorator: the CPU kernels use ``numba.njit(inline="always")`` and the
+CUDA kernels ``cuda.jit(device=True)``, so both targets run exactly the same float
+operations in the same order (Keras 3's order; see the README's "Update rule").
 
-Every scalar argument already has the variable's dtype when these functions run:
-the kernels cast the Python floats they receive before the element loop, and the
-functions use no float literals (a literal would promote float32 to float64).
+Two layers:
+
+* scalar rules (``adamax_update``, ``clip_gradient``, ...), pure functions of
+  numbers;
+* per-index bodies (``update_at``, ``accumulate_at``, ``ema_at``, ``square_at``)
+  that load element ``i`` of the arrays, apply the rules and store the results.
+  A kernel is a loop over ``i`` calling one body. Optional slots (EMA averages,
+  accumulators) are passed as ``None`` when not configured; numba then compiles
+  the branches on them away, so each configuration gets a loop with exactly the
+  memory traffic it needs.
+
+All scalars already have the variables' dtype when these functions run (the
+kernels cast them once per call), and no float literal appears: one would promote
+float32 arithmetic to float64. Features that are off use neutral values that leave
+the gradient bit-for-bit unchanged (``loss_scale = 1``, ``clip_scale = clip_divisor
+= 1``, ``clip_value = inf``), so the loops carry no per-feature branches.
 """
 from types import SimpleNamespace
-
-# Kernel modes: what one fused pass does to each element.
-MODE_UPDATE = 0      # unscale, accumulate-mean, clip, decay, Adamax update, EMA
-MODE_ACCUMULATE = 1  # accumulator += unscaled gradient, then EMA
-MODE_EMA_ONLY = 2    # no gradient for this variable: EMA (and overwrite) only
-
-# Gradient clipping modes, resolved in Python from the Keras priority rules.
-CLIP_NONE = 0
-CLIP_NORM = 1        # g * clip_a / clip_b, with clip_b = max(||g||, clipnorm)
-CLIP_SCALE = 2       # g * clip_a  (global_clipnorm's common scale)
-CLIP_VALUE = 3       # clip(g, -clip_a, clip_a)
 
 
 def compile_for(decorator):
@@ -48,38 +49,21 @@ def compile_for(decorator):
         return x
 
     @decorator
-    def effective_gradient(g, acc, has_loss_scale, loss_scale, use_acc, steps):
-        """The gradient an update sees before clipping.
+    def clip_gradient(g, clip_scale, clip_divisor, clip_value):
+        """``clip((g * clip_scale) / clip_divisor, -clip_value, clip_value)``.
 
-        Loss-scale unscaling first; then, on an accumulation update step, the mean of
-        the accumulated micro-gradients and this one: ``(g + acc) / steps``.
+        ``clipnorm = c``: scale ``c``, divisor ``max(||g||, c)``. ``global_clipnorm``:
+        scale ``c * min(1/N, 1/c) + (N - N)``, divisor 1. ``clipvalue = v``: scale
+        and divisor 1, value ``v``. Off: 1, 1, inf.
         """
-        if has_loss_scale:
-            g = g / loss_scale
-        if use_acc:
-            g = (g + acc) / steps
-        return g
+        return nan_clip((g * clip_scale) / clip_divisor, clip_value)
 
     @decorator
-    def clip_gradient(g, clip_mode, clip_a, clip_b):
-        """Apply the clipping chosen in Python (see the ``CLIP_*`` constants)."""
-        if clip_mode == CLIP_NORM:
-            return (g * clip_a) / clip_b
-        if clip_mode == CLIP_SCALE:
-            return g * clip_a
-        if clip_mode == CLIP_VALUE:
-            return nan_clip(g, clip_a)
-        return g
+    def adamax_update(w, g, m, u, lr, one_minus_beta_1, beta_2, epsilon, bias_correction):
+        """The Keras 3 Adamax rule; returns ``(w, m, u)``.
 
-    @decorator
-    def adamax_update(w, g, m, u, lr, has_wd, wd, one_minus_beta_1, beta_2, epsilon,
-                      bias_correction):
-        """Decoupled weight decay, then the Keras 3 Adamax rule; returns ``(w, m, u)``.
-
-        ``bias_correction`` is ``1 - beta_1 ** t`` already rounded to the dtype.
+        ``bias_correction`` is ``1 - beta_1 ** t``, already rounded to the dtype.
         """
-        if has_wd:
-            w = w - w * wd * lr
         m = m + (g - m) * one_minus_beta_1
         u = nan_max(beta_2 * u, abs(g))
         w = w - (lr * m) / (bias_correction * (u + epsilon))
@@ -91,37 +75,57 @@ def compile_for(decorator):
         return momentum * average + one_minus_momentum * w
 
     @decorator
-    def fused_element(mode, w, g, m, u, e, a,
-                      has_loss_scale, loss_scale, use_acc, steps,
-                      clip_mode, clip_a, clip_b,
-                      lr, has_wd, wd, one_minus_beta_1, beta_2, epsilon, bias_correction,
-                      use_ema, ema_momentum, one_minus_ema_momentum, overwrite):
-        """Everything one optimizer call does to one element; returns ``(w, m, u, e, a)``.
+    def update_at(i, w, g, m, u, e, a, loss_scale, steps, clip_scale, clip_divisor,
+                  clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2, epsilon,
+                  bias_correction, ema_momentum, one_minus_ema_momentum, overwrite):
+        """An update step on element ``i``; mutates ``w``, ``m``, ``u`` and ``e``/``a`` if given.
 
-        ``MODE_UPDATE``: gradient preparation, weight decay, Adamax update and, when
-        accumulating, the accumulator reset. ``MODE_ACCUMULATE``: the unscaled
-        gradient is added to the accumulator. ``MODE_EMA_ONLY``: the variable had no
-        gradient. In every mode the EMA step and the optional overwrite ``w = e``
-        come last.
+        Order: unscale, accumulated mean (and accumulator reset), clip, weight decay,
+        Adamax, EMA, overwrite.
         """
-        if mode == MODE_UPDATE:
-            g = effective_gradient(g, a, has_loss_scale, loss_scale, use_acc, steps)
-            g = clip_gradient(g, clip_mode, clip_a, clip_b)
-            w, m, u = adamax_update(w, g, m, u, lr, has_wd, wd, one_minus_beta_1,
-                                    beta_2, epsilon, bias_correction)
-            if use_acc:
-                a = steps - steps  # a zero of the right dtype
-        elif mode == MODE_ACCUMULATE:
-            if has_loss_scale:
-                g = g / loss_scale
-            a = a + g
-        if use_ema:
-            e = ema_update(e, w, ema_momentum, one_minus_ema_momentum)
+        gi = g[i] / loss_scale
+        if a is not None:
+            gi = (gi + a[i]) / steps
+            a[i] = steps - steps
+        gi = clip_gradient(gi, clip_scale, clip_divisor, clip_value)
+        wi = w[i]
+        if has_wd:
+            wi = wi - wi * wd * lr
+        wi, m[i], u[i] = adamax_update(wi, gi, m[i], u[i], lr, one_minus_beta_1, beta_2,
+                                       epsilon, bias_correction)
+        if e is not None:
+            ei = ema_update(e[i], wi, ema_momentum, one_minus_ema_momentum)
+            e[i] = ei
             if overwrite:
-                w = e
-        return w, m, u, e, a
+                wi = ei
+        w[i] = wi
+
+    @decorator
+    def accumulate_at(i, w, g, e, a, loss_scale, ema_momentum, one_minus_ema_momentum,
+                      overwrite):
+        """An accumulation micro-step on element ``i``: ``a += g / loss_scale``, then EMA."""
+        a[i] = a[i] + g[i] / loss_scale
+        if e is not None:
+            ema_at(i, w, e, ema_momentum, one_minus_ema_momentum, overwrite)
+
+    @decorator
+    def ema_at(i, w, e, ema_momentum, one_minus_ema_momentum, overwrite):
+        """The EMA step (and optional overwrite ``w = e``) on element ``i``."""
+        ei = ema_update(e[i], w[i], ema_momentum, one_minus_ema_momentum)
+        e[i] = ei
+        if overwrite:
+            w[i] = ei
+
+    @decorator
+    def effective_gradient_at(i, g, a, loss_scale, steps):
+        """The gradient an update of element ``i`` sees before clipping."""
+        gi = g[i] / loss_scale
+        if a is not None:
+            gi = (gi + a[i]) / steps
+        return gi
 
     return SimpleNamespace(
-        nan_max=nan_max, nan_clip=nan_clip, effective_gradient=effective_gradient,
-        clip_gradient=clip_gradient, adamax_update=adamax_update, ema_update=ema_update,
-        fused_element=fused_element)
+        nan_max=nan_max, nan_clip=nan_clip, clip_gradient=clip_gradient,
+        adamax_update=adamax_update, ema_update=ema_update, update_at=update_at,
+        accumulate_at=accumulate_at, ema_at=ema_at,
+        effective_gradient_at=effective_gradient_at)

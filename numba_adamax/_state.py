@@ -16,7 +16,7 @@ class SlotGroup:
 
     ``indices[k]`` is the variable stored at ``offsets[k]`` (its ``sizes[k]``
     elements); ``m``, ``u``, ``ema`` and ``accumulator`` are flat arrays of
-    ``total`` elements (``ema``/``accumulator`` are empty when not configured).
+    ``total`` elements (``ema``/``accumulator`` are None when not configured).
     """
 
     def __init__(self, dtype, indices, sizes, use_ema, use_accumulator):
@@ -31,19 +31,19 @@ class SlotGroup:
         self.total = position
 
         def buffer(wanted):
-            return np.zeros(self.total if wanted else 0, dtype=self.dtype)
+            return np.zeros(self.total, dtype=self.dtype) if wanted else None
 
         self.m = buffer(True)
         self.u = buffer(True)
         self.ema = buffer(use_ema)
         self.accumulator = buffer(use_accumulator)
-        self.empty = np.zeros(0, dtype=self.dtype)
 
     def flat_view(self, slot, k):
-        """1-D view of variable ``k`` of this group inside ``slot``'s buffer (or ``empty``)."""
+        """1-D view of variable ``k`` of this group inside ``slot``'s buffer, or None
+        when the slot is not configured."""
         buf = getattr(self, slot)
-        if buf.size == 0:
-            return self.empty
+        if buf is None:
+            return None
         return buf[self.offsets[k]:self.offsets[k] + self.sizes[k]]
 
 

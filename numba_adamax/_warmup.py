@@ -15,12 +15,8 @@ def warmup(dtypes=_DTYPES):
         dtype = np.dtype(name)
         if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise TypeError(f"warmup: unsupported dtype {name!r}; expected float32 or float64.")
-        x = np.zeros(1, dtype)
-        empty = np.zeros(0, dtype)
-        coefficients = (0.0, 0.0, 0.1, 0.999, 1e-7, 0.1, 1.0, 1.0, 0.0, 0.0, 0.0)
-        flags = (0, 0, 0, 0, 0, 0, 0)
-        for kernel in (_cpu.fused_step_serial, _cpu.fused_step_parallel):
-            kernel(x, x.copy(), x.copy(), x.copy(), empty, empty, coefficients, flags)
-        for kernel in (_cpu.sum_of_squares_serial, _cpu.sum_of_squares_parallel):
-            kernel(x, empty, coefficients, flags)
+        w, g, m, u = (np.zeros(1, dtype) for _ in range(4))
+        _cpu.update(False, w, g, m, u, None, None, 1.0, 1.0, 1.0, 1.0, np.inf, 0.0, False,
+                    0.0, 0.1, 0.999, 1e-7, 0.1, 0.0, False)
+        _cpu.sum_of_squares(False, g, None, 1.0, 1.0)
     return sum(len(k.signatures) for k in _cpu.DISPATCHERS)
