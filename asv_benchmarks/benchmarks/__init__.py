@@ -1,0 +1,1 @@
+"""asv benchmarks for numba_adamax (see ../asv.conf.json)."""
