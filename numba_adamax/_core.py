@@ -156,6 +156,7 @@ def run_step(state, grads, lr):
 
     steps = float(hp.gradient_accumulation_steps or 1)
     clip = _clip_factors(state, grads, hp, loss_scale, steps, threshold)
+    shared_clip = (1.0, 1.0, hp.clipvalue) if hp.clipvalue else _NO_CLIP
     weight_decay = hp.weight_decay
     t = iterations + 1
     bias = {group.dtype: _rounded(group.dtype, group.dtype.type(1)
@@ -169,7 +170,7 @@ def run_step(state, grads, lr):
             if a is not None:
                 a.fill(0)  # Keras resets every accumulator on an update step
             continue
-        clip_scale, clip_divisor, clip_value = clip[i]
+        clip_scale, clip_divisor, clip_value = shared_clip if clip is None else clip[i]
         has_wd = weight_decay is not None and state.weight_decay_mask[i]
         kernels.update(w.size >= threshold, w, g.reshape(-1), m, u, e, a, loss_scale, steps,
                        clip_scale, clip_divisor, clip_value, lr, has_wd, weight_decay or 0.0,
@@ -182,7 +183,8 @@ _NO_CLIP = (1.0, 1.0, math.inf)
 
 
 def _clip_factors(state, grads, hp, loss_scale, steps, threshold):
-    """Per-variable ``(clip_scale, clip_divisor, clip_value)`` for ``_math.clip_gradient``.
+    """Per-variable ``(clip_scale, clip_divisor, clip_value)`` for ``_math.clip_gradient``
+    when clipping by norm; ``None`` otherwise (the factors are then the same for all).
 
     Keras' priority: ``clipnorm`` (``g * c / max(||g||, c)``, per variable), then
     ``global_clipnorm`` (every gradient times ``c * min(1/N, 1/c) + (N - N)``, NaN
@@ -190,12 +192,10 @@ def _clip_factors(state, grads, hp, loss_scale, steps, threshold):
     (unscaled, accumulated mean), summed in float64 and finished in each variable's
     dtype. Costs one reduction pass when clipping by norm.
     """
-    present = [i for i, g in enumerate(grads) if g is not None]
-    if hp.clipvalue:
-        return dict.fromkeys(present, (1.0, 1.0, hp.clipvalue))
     c = hp.clipnorm or hp.global_clipnorm
     if not c:
-        return dict.fromkeys(present, _NO_CLIP)
+        return None
+    present = [i for i, g in enumerate(grads) if g is not None]
     sums = {}
     for i in present:
         g, a = grads[i], state.flat[i][5]
