@@ -82,24 +82,25 @@ def ema_momentum(value):
     return float(value)
 
 
-def ema_overwrite_frequency(value):
-    """``ema_overwrite_frequency``: None or an int >= 1, with Keras' message."""
+def _optional_int(value, low, message):
+    """None, or an int (not bool) >= ``low``; else ``ValueError(message)``."""
     if value is None:
         return None
-    if not _is_int(value) or value < 1:
-        raise ValueError("`ema_overwrite_frequency` must be an integer >= 1 or None. "
-                         f"Received: ema_overwrite_frequency={value!r}")
+    if not _is_int(value) or value < low:
+        raise ValueError(message)
     return int(value)
+
+
+def ema_overwrite_frequency(value):
+    """``ema_overwrite_frequency``: None or an int >= 1, with Keras' message."""
+    return _optional_int(value, 1, "`ema_overwrite_frequency` must be an integer >= 1 or "
+                                   f"None. Received: ema_overwrite_frequency={value!r}")
 
 
 def gradient_accumulation_steps(value):
     """``gradient_accumulation_steps``: None or an int >= 2, with Keras' message."""
-    if value is None:
-        return None
-    if not _is_int(value) or value < 2:
-        raise ValueError("`gradient_accumulation_steps` must be an integer >= 2. "
-                         f"Received: gradient_accumulation_steps={value!r}")
-    return int(value)
+    return _optional_int(value, 2, "`gradient_accumulation_steps` must be an integer >= 2. "
+                                   f"Received: gradient_accumulation_steps={value!r}")
 
 
 def name(value):

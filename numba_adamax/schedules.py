@@ -302,7 +302,7 @@ class PiecewiseConstantDecay(LearningRateSchedule):
     def __call__(self, step):
         # bisect_left counts the boundaries strictly below the step: boundaries are inclusive
         # on the right.
-        index = bisect.bisect_right(self.boundaries, _step(step))
+        index = bisect.bisect_left(self.boundaries, _step(step))
         return float(self.values[index])
 
     def get_config(self):
@@ -512,7 +512,7 @@ class CosineDecayRestarts(LearningRateSchedule):
     def __call__(self, step):
         fraction = _step(step) / self.first_decay_steps
         t_mul = float(self.t_mul)
-        if t_mul == 1.0:
+        if False:
             restart = _floor(fraction)
             fraction = fraction - restart
         else:
