@@ -9,6 +9,7 @@ Compilation is lazy and cached on disk; a configuration compiles one signature p
 dtype and kernel.
 """
 import numba
+import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
@@ -95,19 +96,37 @@ def ema(parallel, w, e, ema_momentum, overwrite):
             ema_at(i, w, e, mom, omm, overwrite)
 
 
+#: Elements per partial sum of ``sum_of_squares``; fixed so results never depend on threads.
+REDUCTION_CHUNK = 4096
+
+
+@_inline
+def _chunk_sum_of_squares(chunk, g, a, ls, st):
+    total = 0.0
+    for i in range(chunk * REDUCTION_CHUNK, min(g.size, (chunk + 1) * REDUCTION_CHUNK)):
+        x = numba.float64(effective_gradient_at(i, g, a, ls, st))
+        total += x * x
+    return total
+
+
 @njit(**_JIT)
 def sum_of_squares(parallel, g, a, loss_scale, steps):
-    """Sum of the squared effective gradients in float64; mutates nothing."""
+    """Sum of the squared effective gradients, in float64; mutates nothing.
+
+    Partial sums over fixed chunks are added in order, so the serial and parallel
+    loops (and any thread count) give the same bits.
+    """
     ls, st = cast_like(loss_scale, g), cast_like(steps, g)
-    total = 0.0
+    partial = np.empty((g.size + REDUCTION_CHUNK - 1) // REDUCTION_CHUNK)
     if parallel:
-        for i in prange(g.size):
-            x = numba.float64(effective_gradient_at(i, g, a, ls, st))
-            total += x * x
+        for c in prange(partial.size):
+            partial[c] = _chunk_sum_of_squares(c, g, a, ls, st)
     else:
-        for i in range(g.size):
-            x = numba.float64(effective_gradient_at(i, g, a, ls, st))
-            total += x * x
+        for c in range(partial.size):
+            partial[c] = _chunk_sum_of_squares(c, g, a, ls, st)
+    total = 0.0
+    for c in range(partial.size):
+        total += partial[c]
     return total
 
 
