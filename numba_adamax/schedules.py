@@ -18,8 +18,8 @@ and the value received. A non-positive ``decay_steps`` / ``first_decay_steps`` r
 exact Keras message.
 
 :func:`serialize` and :func:`deserialize` use the Keras layout
-``{"module": "keras.optimizers.schedules", "class_name": ..., "config": ..., "registered_name": None}``.
-Configurations contain only JSON types.
+``{"module": "keras.optimizers.schedules", "class_name": ..., "config": ...,
+"registered_name": None}``. Configurations contain only JSON types.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def _flag(name, value):
     if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):
         return bool(value)
     raise TypeError(
-        f"Argument `{name}` must be a bool. Received: {name}={value!r} (of type {_type_name(value)})"
+        f"Argument `{name}` must be a bool. "
+        f"Received: {name}={value!r} (of type {_type_name(value)})"
     )
 
 
@@ -318,7 +319,7 @@ class PolynomialDecay(LearningRateSchedule):
 
     Without ``cycle`` the step stops at ``decay_steps``: with ``s' = min(s, decay_steps)`` and
     ``D = decay_steps``. With ``cycle`` the horizon grows instead: ``s' = s`` and
-    ``D = decay_steps * ceil(s / decay_steps)``, with a multiplier of 1 at ``s = 0``. Then::
+    ``D = decay_steps * max(1, ceil(s / decay_steps))`` (the multiplier is 1 at ``s = 0``). Then::
 
         lr(s) = (initial_learning_rate - end_learning_rate) * (1 - s' / D) ** power
                 + end_learning_rate
@@ -343,7 +344,9 @@ class PolynomialDecay(LearningRateSchedule):
         s = _step(step)
         horizon = float(self.decay_steps)
         if self.cycle:
-            multiplier = 1.0 if s == 0 else _ceil(s / horizon)
+            # ceil(s / D), and 1 at s = 0 as in Keras. max() also covers a tiny s > 0 whose
+            # s / D underflows to 0 (Keras would divide by a zero horizon there).
+            multiplier = max(1.0, _ceil(s / horizon))
             horizon = horizon * multiplier
         else:
             s = min(s, horizon)
@@ -512,7 +515,7 @@ class CosineDecayRestarts(LearningRateSchedule):
     def __call__(self, step):
         fraction = _step(step) / self.first_decay_steps
         t_mul = float(self.t_mul)
-        if False:
+        if t_mul == 1.0:
             restart = _floor(fraction)
             fraction = fraction - restart
         else:
@@ -556,10 +559,10 @@ _BUILT_IN = {
 def serialize(schedule):
     """Return the Keras serialization dict of ``schedule``.
 
-    A built-in schedule gives
-    ``{"module": "keras.optimizers.schedules", "class_name": ..., "config": ..., "registered_name": None}``;
-    a user subclass gives its own module and its class name as ``registered_name`` (as Keras does for
-    unregistered custom objects), to be found again through ``deserialize(..., custom_objects)``.
+    A built-in schedule gives ``{"module": "keras.optimizers.schedules", "class_name": ...,
+    "config": schedule.get_config(), "registered_name": None}``. A user subclass gives its own
+    module and its class name as ``registered_name`` (as Keras does for unregistered custom
+    objects); pass the class in ``deserialize(..., custom_objects=...)`` to rebuild it.
     """
     if not isinstance(schedule, LearningRateSchedule):
         raise TypeError(
@@ -607,6 +610,11 @@ def deserialize(config, custom_objects=None):
     for key in (config.get("registered_name"), class_name):
         if custom_objects and isinstance(key, str) and key in custom_objects:
             cls = custom_objects[key]
+            if not (isinstance(cls, type) and issubclass(cls, LearningRateSchedule)):
+                raise TypeError(
+                    f"custom_objects[{key!r}] must be a subclass of LearningRateSchedule. "
+                    f"Received: {cls!r}"
+                )
             break
     if cls is None:
         cls = _BUILT_IN.get(class_name) if isinstance(class_name, str) else None
@@ -614,11 +622,6 @@ def deserialize(config, custom_objects=None):
         raise ValueError(
             f"Unknown learning rate schedule: class_name={class_name!r}. Expected one of "
             f"{sorted(_BUILT_IN)}, or a class passed in `custom_objects`."
-        )
-    if not (isinstance(cls, type) and issubclass(cls, LearningRateSchedule)):
-        raise TypeError(
-            f"custom_objects[{class_name!r}] must be a subclass of LearningRateSchedule. "
-            f"Received: {cls!r}"
         )
     inner = config["config"]
     if not isinstance(inner, Mapping):
