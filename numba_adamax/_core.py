@@ -43,9 +43,9 @@ def init(params, *, names=None, exclude_from_weight_decay=None, **hyperparameter
         A new ``AdamaxState`` with zeroed slots. Mutates nothing.
     """
     hp = Hyperparameters(**hyperparameters)
+    pattern = check.exclusion_pattern(exclude_from_weight_decay)
     state = _state.create(params, names, hp)
-    if exclude_from_weight_decay:
-        state.set_weight_decay_exclusions(var_names=list(exclude_from_weight_decay))
+    state.set_weight_decay_exclusions(pattern)
     hp.lock()
     return state
 

@@ -1,6 +1,4 @@
 """The optimizer state: slots in flat per-dtype buffers, counters and the layout."""
-import re
-
 import numpy as np
 
 from . import _validation as check
@@ -150,10 +148,10 @@ class AdamaxState:
         interleaved = [s for pair in zip(self.m, self.u) for s in pair]
         return [*self.ema, *self.accumulators, *interleaved]
 
-    def set_weight_decay_exclusions(self, var_names=None, var_list=None):
+    def set_weight_decay_exclusions(self, pattern=None, var_list=None):
         """Recompute ``weight_decay_mask``: a variable is excluded if it is in
-        ``var_list`` (identity) or one of the regexes ``var_names`` is found in its name."""
-        pattern = re.compile("|".join(set(var_names))) if var_names else None
+        ``var_list`` (identity) or the compiled regex ``pattern`` is found in its name
+        (see ``_validation.exclusion_pattern``)."""
         ids = {id(v) for v in var_list or ()}
         self.weight_decay_mask = [
             not (id(p) in ids or (pattern is not None and pattern.search(name)))

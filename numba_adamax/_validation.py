@@ -7,6 +7,7 @@ count. Nothing here mutates anything; callers run all checks before the first wr
 """
 import math
 import numbers
+import re
 
 import numpy as np
 
@@ -16,12 +17,24 @@ CPU_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 LEARNING_RATE_MESSAGE = (
     "Argument `learning_rate` should be float, or an instance of LearningRateSchedule, "
     "or a callable (that takes in the current iteration value and returns the "
-    "corresponding learning rate value). Received instead: learning_rate={!r}")
+    "corresponding learning rate value). Received instead: learning_rate={}")
 
 
 def _is_real(value):
     return (isinstance(value, (numbers.Real, np.floating, np.integer))
             and not isinstance(value, (bool, np.bool_)))
+
+
+def _finite_float(value):
+    """``float(value)`` if ``value`` is a real number (not bool) with a finite float value,
+    else None (huge ints included, which ``float`` cannot convert)."""
+    if not _is_real(value):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _is_int(value):
@@ -34,10 +47,10 @@ def real(name, value, *, low=None, high=None, low_open=False, high_open=False,
     """Return ``value`` as a finite Python float inside the given bounds, else raise ValueError."""
     if value is None and optional:
         return None
-    if not _is_real(value) or not math.isfinite(float(value)):
+    x = _finite_float(value)
+    if x is None:
         raise ValueError(f"Argument `{name}` must be a finite real number"
                          f"{' or None' if optional else ''}. Received: {name}={value!r}")
-    x = float(value)
     too_low = low is not None and (x <= low if low_open else x < low)
     too_high = high is not None and (x >= high if high_open else x > high)
     if too_low or too_high:
@@ -61,10 +74,11 @@ def learning_rate_value(value, source):
     """Check the number a schedule or callable learning rate produced; return a float."""
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value[()]
-    if not _is_real(value) or not math.isfinite(float(value)) or float(value) < 0:
+    x = _finite_float(value)
+    if x is None or x < 0:
         raise ValueError(f"The learning rate {source} returned {value!r}; "
                          "expected a finite real number >= 0.")
-    return float(value)
+    return x
 
 
 def boolean(name, value):
@@ -76,10 +90,11 @@ def boolean(name, value):
 
 def ema_momentum(value):
     """``ema_momentum`` in [0, 1], with Keras' message."""
-    if not _is_real(value) or not 0.0 <= float(value) <= 1.0:
+    x = _finite_float(value)
+    if x is None or not 0.0 <= x <= 1.0:
         raise ValueError("`ema_momentum` must be in the range [0, 1]. "
                          f"Received: ema_momentum={value!r}")
-    return float(value)
+    return x
 
 
 def _optional_int(value, low, message):
@@ -151,6 +166,26 @@ def gradient(g, var, label):
         raise ValueError(f"{label} has shape {g.shape} but its variable has shape {var.shape}.")
     if not g.flags.c_contiguous:
         raise ValueError(f"{label} is not C-contiguous.")
+
+
+def exclusion_pattern(var_names):
+    """Compile weight-decay exclusion regexes into one pattern (None when empty).
+
+    Each name must be a str that compiles on its own; they are joined as
+    ``"|".join(sorted(set(var_names)))``, so the result never depends on set order.
+    """
+    if var_names is None:
+        return None
+    names = sequence(var_names, "`var_names`")
+    for n in names:
+        if not isinstance(n, str):
+            raise TypeError(f"`var_names` entries must be str, got {n!r}.")
+        try:
+            re.compile(n)
+        except re.error as exc:
+            raise ValueError(f"`var_names` is not a valid regular expression: {n!r} ({exc})"
+                             ) from None
+    return re.compile("|".join(sorted(set(names)))) if names else None
 
 
 def sequence(value, label):

@@ -1,6 +1,4 @@
 """The ``Adamax`` class: Keras 3's optimizer interface over the functional core."""
-import re
-
 import numpy as np
 
 from . import _core
@@ -53,7 +51,7 @@ class Adamax:
             loss_scale_factor=loss_scale_factor,
             gradient_accumulation_steps=gradient_accumulation_steps, decay=decay, name=name)
         self._state = None
-        self._exclusions = ((), None)  # (var_names, var_list)
+        self._exclusions = (None, None)  # (compiled var_names pattern, var_list)
 
     beta_1 = _hyperparameter("beta_1", "Exponential decay rate of the first moment, in [0, 1).")
     beta_2 = _hyperparameter("beta_2", "Decay rate of the infinity norm, in [0, 1).")
@@ -192,12 +190,12 @@ class Adamax:
 
         Mutates ``variables``; does nothing without ``use_ema``.
         """
-        if not self._hp.use_ema or self._state is None:
+        if not self._hp.use_ema:
             return
         if isinstance(variables, dict):
             variables = list(variables.values())
         variables = check.sequence(variables, "`variables`")
-        averages = self._state.ema
+        averages = () if self._state is None else self._state.ema
         if len(variables) != len(averages):
             raise ValueError(f"The length of model variables ({len(variables)}) to override "
                              f"does not match the length of EMA averages ({len(averages)}).")
@@ -209,20 +207,13 @@ class Adamax:
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         """Exclude variables from weight decay: those in ``var_list`` (by identity) and those
-        whose name contains a match of a regex in ``var_names``. Replaces earlier calls."""
-        names = () if var_names is None else tuple(check.sequence(var_names, "`var_names`"))
-        for n in names:
-            if not isinstance(n, str):
-                raise TypeError(f"`var_names` entries must be str, got {n!r}.")
-        if names:
-            try:
-                re.compile("|".join(names))
-            except re.error as exc:
-                raise ValueError(f"`var_names` is not a valid regular expression: {exc}") from None
+        whose name contains a match of a regex in ``var_names`` (each must compile on its
+        own). Replaces earlier calls; takes effect from the next step."""
+        pattern = check.exclusion_pattern(var_names)
         listed = None if var_list is None else list(check.sequence(var_list, "`var_list`"))
-        self._exclusions = (names, listed)
+        self._exclusions = (pattern, listed)
         if self._state is not None:
-            self._state.set_weight_decay_exclusions(names, listed)
+            self._state.set_weight_decay_exclusions(pattern, listed)
 
     # ------------------------------------------------------------ state surface
 
@@ -302,7 +293,7 @@ class Adamax:
         optimizer = cls.__new__(cls)
         optimizer._hp = hp
         optimizer._state = None
-        optimizer._exclusions = ((), None)
+        optimizer._exclusions = (None, None)
         return optimizer
 
     def __repr__(self):
