@@ -225,7 +225,32 @@ class LearningRateSchedule:
 # The six Keras schedules
 # --------------------------------------------------------------------------------------------
 
-class ExponentialDecay(LearningRateSchedule):
+class _StepDecay(LearningRateSchedule):
+    """Shared parts of the two schedules driven by ``p = s / decay_steps``."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase, name):
+        self.initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
+        self.decay_steps = _positive_steps("decay_steps", decay_steps)
+        self.decay_rate = _real("decay_rate", decay_rate)
+        self.staircase = _flag("staircase", staircase)
+        self.name = _name(name)
+
+    def _progress(self, step):
+        """``s / decay_steps``, rounded down when ``staircase``."""
+        p = _step(step) / self.decay_steps
+        return _floor(p) if self.staircase else p
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "staircase": self.staircase,
+            "name": self.name,
+        }
+
+
+class ExponentialDecay(_StepDecay):
     """Exponential decay.
 
     With ``p = s / decay_steps`` (rounded down to an integer when ``staircase``)::
@@ -237,31 +262,11 @@ class ExponentialDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
                  name="ExponentialDecay"):
-        initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
-        decay_steps = _positive_steps("decay_steps", decay_steps)
-        decay_rate = _real("decay_rate", decay_rate)
-        staircase = _flag("staircase", staircase)
-        name = _name(name)
-        self.initial_learning_rate = initial_learning_rate
-        self.decay_steps = decay_steps
-        self.decay_rate = decay_rate
-        self.staircase = staircase
-        self.name = name
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, step):
-        p = _step(step) / self.decay_steps
-        if self.staircase:
-            p = _floor(p)
-        return float(self.initial_learning_rate) * _pow(float(self.decay_rate), p)
-
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-            "name": self.name,
-        }
+        return float(self.initial_learning_rate) * _pow(float(self.decay_rate),
+                                                        self._progress(step))
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
@@ -366,7 +371,7 @@ class PolynomialDecay(LearningRateSchedule):
         }
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_StepDecay):
     """Inverse-time decay.
 
     With ``p = s / decay_steps`` (rounded down to an integer when ``staircase``)::
@@ -376,31 +381,11 @@ class InverseTimeDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
                  name="InverseTimeDecay"):
-        initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
-        decay_steps = _positive_steps("decay_steps", decay_steps)
-        decay_rate = _real("decay_rate", decay_rate)
-        staircase = _flag("staircase", staircase)
-        name = _name(name)
-        self.initial_learning_rate = initial_learning_rate
-        self.decay_steps = decay_steps
-        self.decay_rate = decay_rate
-        self.staircase = staircase
-        self.name = name
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, step):
-        p = _step(step) / self.decay_steps
-        if self.staircase:
-            p = _floor(p)
-        return _div(float(self.initial_learning_rate), 1.0 + self.decay_rate * p)
-
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-            "name": self.name,
-        }
+        return _div(float(self.initial_learning_rate),
+                    1.0 + self.decay_rate * self._progress(step))
 
 
 class CosineDecay(LearningRateSchedule):
