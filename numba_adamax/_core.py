@@ -3,14 +3,13 @@
 ``run_step`` turns one optimizer call into kernel calls: it decides the mode
 (update or accumulate), the learning rate, the bias correction and the clip factors
 in Python, then makes one norm pass (only when clipping by norm) and one fused pass
-per variable. The ``Adamax`` class and ``step`` both end here.
+per variable (``_cpu``'s ``update``, ``accumulate`` or ``ema`` kernel). The ``Adamax`` class and ``step`` both end here.
 """
 import math
 import warnings
 
 import numpy as np
 
-from . import _math
 from . import _state
 from . import _validation as check
 from ._hyperparameters import Hyperparameters
@@ -137,7 +136,6 @@ def run_step(state, grads, lr):
     threshold = kernels.PARALLEL_THRESHOLD
     hp = state.hyperparameters
     iterations = state.iterations
-    use_acc = hp.gradient_accumulation_steps is not None
     ema_momentum = 0.0 if iterations == 0 else hp.ema_momentum
     overwrite = bool(hp.use_ema and hp.ema_overwrite_frequency
                      and (iterations + 1) % hp.ema_overwrite_frequency == 0)
