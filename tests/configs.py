@@ -329,3 +329,14 @@ def build_reference(config, names, clock=None, dtype=np.float64):
     kwargs = make_kwargs(config, clock, for_reference=True)
     return ReferenceAdamax(**kwargs, names=list(names), exclude_names=config.exclude_names,
                            dtype=dtype)
+
+
+def call_expecting_missing_warning(missing, call):
+    """Run ``call()``; it must warn "Gradients do not exist" exactly when ``missing``."""
+    if missing:
+        with pytest.warns(UserWarning, match="Gradients do not exist"):
+            call()
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            call()

@@ -13,12 +13,12 @@ The class and the functional API share one code path, so they must agree bit for
 
 import functools
 import re
-import warnings
 
 import numpy as np
 import pytest
 
 import numba_adamax as na
+from configs import call_expecting_missing_warning
 from conformance import load_keras_configs, optimizer_kwargs
 
 KERAS = load_keras_configs()
@@ -56,13 +56,7 @@ def _empty_record(cfg):
 
 def _apply_checking_warning(cfg, s, call):
     """Run ``call()``; a call with a None gradient must warn "Gradients do not exist"."""
-    if cfg.arrays["grad_is_none"][s].any():
-        with pytest.warns(UserWarning, match="Gradients do not exist"):
-            call()
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            call()
+    call_expecting_missing_warning(cfg.arrays["grad_is_none"][s].any(), call)
 
 
 @functools.lru_cache(maxsize=None)

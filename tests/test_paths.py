@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import numba_adamax as na
 from numba_adamax import _cpu
-from configs import (CONFIG_NAMES, CONFIGS, Clock, Config, build_optimizer, build_reference,
+from configs import (call_expecting_missing_warning, CONFIG_NAMES, CONFIGS, Clock, Config, build_optimizer, build_reference,
                      init_state)
 
 # --------------------------------------------------------------------------- the problem
@@ -92,13 +92,7 @@ SLOTS = ("params", "m", "u", "ema", "acc")
 
 def _call(grads, call):
     """Run ``call()``; it must warn "Gradients do not exist" exactly when a gradient is None."""
-    if any(g is None for g in grads):
-        with pytest.warns(UserWarning, match="Gradients do not exist"):
-            call()
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            call()
+    call_expecting_missing_warning(any(g is None for g in grads), call)
 
 
 def run_class(config, init, grads, names=NAMES, api="list"):
