@@ -9,6 +9,11 @@ ALIGNMENT = 16
 SLOT_NAMES = ("m", "u", "ema", "accumulator")
 
 
+def slot_names(use_ema, use_accumulator):
+    """``["m", "u"]``, plus ``"ema"`` and ``"accumulator"`` when those slots exist."""
+    return ["m", "u"] + ["ema"] * use_ema + ["accumulator"] * use_accumulator
+
+
 class SlotGroup:
     """The slots of all variables of one dtype, each slot one contiguous buffer.
 
@@ -122,12 +127,7 @@ class AdamaxState:
 
     def slot_names(self):
         """The slot names this configuration has, Keras-style."""
-        names = ["m", "u"]
-        if self.ema:
-            names.append("ema")
-        if self.accumulators:
-            names.append("accumulator")
-        return names
+        return slot_names(bool(self.ema), bool(self.accumulators))
 
     def slot(self, i, slot_name):
         """The shaped slot array ``slot_name`` (``m``, ``u``/``v``, ``ema``, ``accumulator``) of variable ``i``."""

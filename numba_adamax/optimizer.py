@@ -43,13 +43,17 @@ class Adamax:
                  loss_scale_factor=None, gradient_accumulation_steps=None, name="adamax",
                  **kwargs):
         learning_rate, decay = from_keywords(learning_rate, kwargs)
-        self._hp = Hyperparameters(
+        self._reset(Hyperparameters(
             learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
             weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
             global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
             ema_overwrite_frequency=ema_overwrite_frequency,
             loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps, decay=decay, name=name)
+            gradient_accumulation_steps=gradient_accumulation_steps, decay=decay, name=name))
+
+    def _reset(self, hp):
+        """Take ``hp`` as the settings, unbuilt and with no weight-decay exclusions."""
+        self._hp = hp
         self._state = None
         self._exclusions = (None, None)  # (compiled var_names pattern, var_list)
 
@@ -237,12 +241,8 @@ class Adamax:
     def get_slot_names(self):
         """``["m", "u"]``, plus ``"ema"`` with ``use_ema`` and ``"accumulator"`` with
         gradient accumulation."""
-        names = ["m", "u"]
-        if self._hp.use_ema:
-            names.append("ema")
-        if self._hp.gradient_accumulation_steps is not None:
-            names.append("accumulator")
-        return names
+        return _state.slot_names(self._hp.use_ema,
+                                 self._hp.gradient_accumulation_steps is not None)
 
     def get_weights(self):
         """Copies of ``variables``."""
@@ -291,9 +291,7 @@ class Adamax:
         """Build an optimizer from ``get_config()`` output (JSON round-trip safe)."""
         hp = Hyperparameters.from_config(config, custom_objects=custom_objects)
         optimizer = cls.__new__(cls)
-        optimizer._hp = hp
-        optimizer._state = None
-        optimizer._exclusions = (None, None)
+        optimizer._reset(hp)
         return optimizer
 
     def __repr__(self):
