@@ -3,7 +3,8 @@
 ``run_step`` turns one optimizer call into kernel calls: it decides the mode
 (update or accumulate), the learning rate, the bias correction and the clip factors
 in Python, then makes one norm pass (only when clipping by norm) and one fused pass
-per variable (``_cpu``'s ``update``, ``accumulate`` or ``ema`` kernel). The ``Adamax`` class and ``step`` both end here.
+(``_cpu``'s ``update`` or ``accumulate`` kernel) per dtype group of variables. The
+``Adamax`` class and ``step`` both end here.
 """
 import math
 import warnings
@@ -12,6 +13,7 @@ import numpy as np
 
 from . import _state
 from . import _validation as check
+from ._addresses import gradient_table
 from ._hyperparameters import Hyperparameters
 
 _backend = None
@@ -124,14 +126,13 @@ def _is_update_step(state):
     return gas is None or (state.raw_steps + 1) % gas == 0
 
 
-def _rounded(dtype, value):
-    """``value`` rounded to ``dtype`` and returned as a Python float."""
-    return float(dtype.type(value))
-
-
 def run_step(state, grads, lr):
     """Run one validated call; ``lr`` is the learning rate (``None`` on an accumulation
-    micro-step). Mutates the variables, the slots and ``state.raw_steps``."""
+    micro-step). Mutates the variables, the slots and ``state.raw_steps``.
+
+    One kernel call per dtype group (plus one norm pass per group when clipping by
+    norm), whatever the number of variables.
+    """
     kernels = _kernels()
     threshold = kernels.PARALLEL_THRESHOLD
     hp = state.hyperparameters
@@ -140,76 +141,64 @@ def run_step(state, grads, lr):
     overwrite = bool(hp.use_ema and hp.ema_overwrite_frequency
                      and (iterations + 1) % hp.ema_overwrite_frequency == 0)
     loss_scale = hp.loss_scale_factor or 1.0
+    calls = [(group, group.total >= threshold, *_gradient_refs(group, grads))
+             for group in state.groups]
 
     if lr is None:  # accumulation micro-step
-        for i, g in enumerate(grads):
-            group, w, m, u, e, a = state.flat[i]
-            if g is not None:
-                kernels.accumulate(w.size >= threshold, w, g.reshape(-1), e, a, loss_scale,
-                                   ema_momentum, overwrite)
-            elif e is not None:
-                kernels.ema(w.size >= threshold, w, e, ema_momentum, overwrite)
+        for group, parallel, refs, deref in calls:
+            kernels.accumulate(parallel, group.chunks, group.table, refs, deref, group.ema,
+                               group.accumulator, loss_scale, ema_momentum, overwrite)
         state.raw_steps += 1
         return
 
     steps = float(hp.gradient_accumulation_steps or 1)
-    clip = _clip_factors(state, grads, hp, loss_scale, steps, threshold)
-    shared_clip = (1.0, 1.0, hp.clipvalue) if hp.clipvalue else _NO_CLIP
-    weight_decay = hp.weight_decay
+    clip_tables = _clip_tables(kernels, calls, hp, loss_scale, steps)
+    clip_value = hp.clipvalue or math.inf
     t = iterations + 1
-    bias = {group.dtype: _rounded(group.dtype, group.dtype.type(1)
-                                  - group.dtype.type(hp.beta_1) ** group.dtype.type(t))
-            for group in state.groups}
-    for i, g in enumerate(grads):
-        group, w, m, u, e, a = state.flat[i]
-        if g is None:
-            if e is not None:
-                kernels.ema(w.size >= threshold, w, e, ema_momentum, overwrite)
-            if a is not None:
-                a.fill(0)  # Keras resets every accumulator on an update step
-            continue
-        clip_scale, clip_divisor, clip_value = shared_clip if clip is None else clip[i]
-        has_wd = weight_decay is not None and state.weight_decay_mask[i]
-        kernels.update(w.size >= threshold, w, g.reshape(-1), m, u, e, a, loss_scale, steps,
-                       clip_scale, clip_divisor, clip_value, lr, has_wd, weight_decay or 0.0,
-                       1.0 - hp.beta_1, hp.beta_2, hp.epsilon, bias[group.dtype],
-                       ema_momentum, overwrite)
+    for group, parallel, refs, deref in calls:
+        dt = group.dtype.type
+        bias_correction = float(dt(1) - dt(hp.beta_1) ** dt(t))
+        kernels.update(parallel, group.chunks, group.table, refs, deref,
+                       clip_tables.get(group.dtype), group.m, group.u, group.ema,
+                       group.accumulator, loss_scale, steps, 1.0, 1.0, clip_value, lr,
+                       hp.weight_decay or 0.0, 1.0 - hp.beta_1, hp.beta_2, hp.epsilon,
+                       bias_correction, ema_momentum, overwrite)
     state.raw_steps += 1
 
 
-_NO_CLIP = (1.0, 1.0, math.inf)
+def _gradient_refs(group, grads):
+    """``(refs, deref)`` locating ``group``'s gradients for the kernels (``_addresses``)."""
+    mine = grads if group.covers_all else [grads[i] for i in group.indices]
+    return group.gradient_refs, gradient_table(mine, group.gradient_refs)
 
 
-def _clip_factors(state, grads, hp, loss_scale, steps, threshold):
-    """Per-variable ``(clip_scale, clip_divisor, clip_value)`` for ``_math.clip_gradient``
-    when clipping by norm; ``None`` otherwise (the factors are then the same for all).
+def _clip_tables(kernels, calls, hp, loss_scale, steps):
+    """Per group dtype, the ``(clip_scale, clip_divisor)`` of each variable when
+    clipping by norm; empty otherwise (the shared pair 1, 1 then applies).
 
     Keras' priority: ``clipnorm`` (``g * c / max(||g||, c)``, per variable), then
     ``global_clipnorm`` (every gradient times ``c * min(1/N, 1/c) + (N - N)``, NaN
     when N is not finite), then ``clipvalue``. Norms are of the effective gradient
     (unscaled, accumulated mean), summed in float64 and finished in each variable's
-    dtype. Costs one reduction pass when clipping by norm.
+    dtype. Costs one reduction pass per group when clipping by norm.
     """
     c = hp.clipnorm or hp.global_clipnorm
     if not c:
-        return None
-    present = [i for i, g in enumerate(grads) if g is not None]
-    sums = {}
-    for i in present:
-        g, a = grads[i], state.flat[i][5]
-        sums[i] = _kernels().sum_of_squares(g.size >= threshold, g.reshape(-1), a,
-                                            loss_scale, steps)
-    factors = {}
-    total = sum(sums.values())
+        return {}
+    sums = {group.dtype: kernels.sum_of_squares(parallel, group.chunks, group.table, refs,
+                                                deref, group.m, group.accumulator,
+                                                loss_scale, steps)
+            for group, parallel, refs, deref in calls}
+    total = sum(float(s.sum()) for s in sums.values())
+    tables = {}
     with np.errstate(all="ignore"):
-        for i in present:
-            dt = state.params[i].dtype.type
+        for dtype, group_sums in sums.items():
+            dt = dtype.type
             if hp.clipnorm:
-                norm = np.sqrt(dt(sums[i]))
-                factors[i] = (_rounded(np.dtype(dt), c), float(np.maximum(norm, dt(c))),
-                              math.inf)
+                divisor = np.maximum(np.sqrt(group_sums.astype(dtype)), dt(c))
+                tables[dtype] = np.stack([np.full_like(divisor, dt(c)), divisor], axis=1)
             else:
                 n = np.sqrt(dt(total))
                 scale = dt(c) * np.minimum(dt(1) / n, dt(1) / dt(c)) + (n - n)
-                factors[i] = (float(scale), 1.0, math.inf)
-    return factors
+                tables[dtype] = np.tile(np.array([scale, dt(1)], dtype), (group_sums.size, 1))
+    return {dtype: table.astype(np.float64) for dtype, table in tables.items()}

@@ -1,12 +1,17 @@
 """CPU kernels: loops over the shared per-index bodies of ``_math``.
 
-Kernels take 1-D contiguous arrays (``None`` for a slot that is not configured) and
-Python scalars, which they cast once to the arrays' dtype. They hold no
-Python-object logic: every decision that is not per element was made by the
-caller. Each kernel has a serial loop and a ``prange`` loop; its ``parallel``
-argument (``size >= PARALLEL_THRESHOLD``, decided by ``_core``) picks one.
-Compilation is lazy and cached on disk; a configuration compiles one signature per
-dtype and kernel.
+One call serves a whole ``SlotGroup`` (every variable of one dtype). The kernels
+take the group's tables (see ``_state.SlotGroup``): ``chunks`` rows ``(k, begin,
+end)`` are the units of work, ``table`` rows ``(address, size, slot offset, weight
+decay on)`` describe variable ``k``, and ``refs[k]`` locates its gradient (0: none
+this call; an object address when ``deref >= 0``, else a data address; see
+``_addresses``). Slots are the group's flat buffers (``None`` when not
+configured), and scalars are Python floats that the kernels cast once to the
+dtype. The kernels hold no Python-object logic: every decision that is not per
+element was made by the caller. Each has a serial and a ``prange`` loop over the
+chunks; its ``parallel`` argument (group size ``>= PARALLEL_THRESHOLD``, decided by
+``_core``) picks one. Compilation is lazy and cached on disk: one signature per
+dtype and configuration.
 """
 import numba
 import numpy as np
@@ -14,8 +19,9 @@ from numba import njit, prange
 from numba.extending import overload
 
 from . import _math
+from ._intrinsics import pointer_to, read_address
 
-#: Arrays with at least this many elements use the multithreaded loops.
+#: Groups with at least this many elements use the multithreaded loops.
 PARALLEL_THRESHOLD = 32768
 
 _JIT = dict(parallel=True, cache=True, error_model="numpy", nogil=True)
@@ -43,91 +49,173 @@ def _cast_like_impl(value, like):
     return impl
 
 
+def window(x, begin, end):
+    """``x[begin:end]``, or None when ``x`` is None (jitted code only)."""
+    raise NotImplementedError("window is only available inside jitted code")
+
+
+@overload(window, jit_options={"error_model": "numpy"})
+def _window_impl(x, begin, end):
+    if x is None or isinstance(x, numba.types.NoneType):
+        return lambda x, begin, end: None
+    return lambda x, begin, end: x[begin:end]
+
+
 @_inline
 def _ema_coefficients(momentum, w):
     mom = cast_like(momentum, w)
     return mom, cast_like(1.0, w) - mom
 
 
-@njit(**_JIT)
-def update(parallel, w, g, m, u, e, a, loss_scale, steps, clip_scale, clip_divisor,
-           clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2, epsilon, bias_correction,
-           ema_momentum, overwrite):
-    """An update step on one flat variable: mutates ``w``, ``m``, ``u`` and ``e``/``a``
-    when given (``None`` otherwise). See ``_math.update_at``."""
-    ls, st = cast_like(loss_scale, w), cast_like(steps, w)
-    cs, cd, cv = cast_like(clip_scale, w), cast_like(clip_divisor, w), cast_like(clip_value, w)
-    lr_, wd_ = cast_like(lr, w), cast_like(wd, w)
-    omb1, b2 = cast_like(one_minus_beta_1, w), cast_like(beta_2, w)
-    eps, bc = cast_like(epsilon, w), cast_like(bias_correction, w)
-    mom, omm = _ema_coefficients(ema_momentum, w)
-    if parallel:
-        for i in prange(w.size):
-            update_at(i, w, g, m, u, e, a, ls, st, cs, cd, cv, lr_, has_wd, wd_,
-                               omb1, b2, eps, bc, mom, omm, overwrite)
-    else:
-        for i in range(w.size):
-            update_at(i, w, g, m, u, e, a, ls, st, cs, cd, cv, lr_, has_wd, wd_,
-                               omb1, b2, eps, bc, mom, omm, overwrite)
-
-
-@njit(**_JIT)
-def accumulate(parallel, w, g, e, a, loss_scale, ema_momentum, overwrite):
-    """An accumulation micro-step: mutates ``a`` (and ``e``, ``w`` through the EMA)."""
-    ls = cast_like(loss_scale, w)
-    mom, omm = _ema_coefficients(ema_momentum, w)
-    if parallel:
-        for i in prange(w.size):
-            accumulate_at(i, w, g, e, a, ls, mom, omm, overwrite)
-    else:
-        for i in range(w.size):
-            accumulate_at(i, w, g, e, a, ls, mom, omm, overwrite)
-
-
-@njit(**_JIT)
-def ema(parallel, w, e, ema_momentum, overwrite):
-    """The EMA step of a variable without gradient: mutates ``e`` (and ``w`` on overwrite)."""
-    mom, omm = _ema_coefficients(ema_momentum, w)
-    if parallel:
-        for i in prange(w.size):
-            ema_at(i, w, e, mom, omm, overwrite)
-    else:
-        for i in range(w.size):
-            ema_at(i, w, e, mom, omm, overwrite)
-
-
-#: Elements per partial sum of ``sum_of_squares``; fixed so results never depend on threads.
-REDUCTION_CHUNK = 4096
+@_inline
+def _variable(table, k, begin, end, like):
+    """Elements ``begin:end`` of the variable described by ``table[k]``."""
+    return numba.carray(pointer_to(table[k, 0], like), table[k, 1])[begin:end]
 
 
 @_inline
-def _chunk_sum_of_squares(chunk, g, a, ls, st):
+def _gradient(refs, deref, table, k, begin, end, like):
+    """Elements ``begin:end`` of variable ``k``'s gradient (``refs[k]`` must be non-zero)."""
+    address = refs[k]
+    if deref >= 0:
+        address = read_address(address + deref)
+    return numba.carray(pointer_to(address, like), table[k, 1])[begin:end]
+
+
+# The loops over one chunk are separate functions (not inlined into the kernels) so
+# that each is compiled with its optional slots typed as arguments: numba only prunes
+# ``if e is not None`` branches on arguments.
+@njit(error_model="numpy", cache=True)
+def _update_range(w, g, m, u, e, a, ls, st, cs, cd, cv, lr, has_wd, wd, omb1, b2, eps, bc,
+                  mom, omm, overwrite):
+    for i in range(w.size):
+        update_at(i, w, g, m, u, e, a, ls, st, cs, cd, cv, lr, has_wd, wd, omb1, b2, eps, bc,
+                  mom, omm, overwrite)
+
+
+@njit(error_model="numpy", cache=True)
+def _accumulate_range(w, g, e, a, ls, mom, omm, overwrite):
+    for i in range(w.size):
+        accumulate_at(i, w, g, e, a, ls, mom, omm, overwrite)
+
+
+@njit(error_model="numpy", cache=True)
+def _without_gradient_range(w, e, a, mom, omm, overwrite, reset_accumulator):
+    if e is not None:
+        for i in range(w.size):
+            ema_at(i, w, e, mom, omm, overwrite)
+    if a is not None and reset_accumulator:
+        a[:] = 0
+
+
+@njit(error_model="numpy", cache=True)
+def _sum_of_squares_range(g, a, ls, st):
     total = 0.0
-    for i in range(chunk * REDUCTION_CHUNK, min(g.size, (chunk + 1) * REDUCTION_CHUNK)):
+    for i in range(g.size):
         x = numba.float64(effective_gradient_at(i, g, a, ls, st))
         total += x * x
     return total
 
 
+@_inline
+def _update_chunk(c, chunks, table, refs, deref, clip_table, m, u, e, a, ls, st, cs, cd, cv,
+                  lr, wd, omb1, b2, eps, bc, mom, omm, overwrite):
+    k, begin, end = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+    start = table[k, 2] + begin
+    stop = start + end - begin
+    w = _variable(table, k, begin, end, m)
+    if refs[k] == 0:  # no gradient: only the EMA moves, and the accumulator resets
+        _without_gradient_range(w, window(e, start, stop), window(a, start, stop), mom, omm,
+                                overwrite, True)
+        return
+    g = _gradient(refs, deref, table, k, begin, end, m)
+    if clip_table is not None:
+        cs, cd = cast_like(clip_table[k, 0], m), cast_like(clip_table[k, 1], m)
+    _update_range(w, g, m[start:stop], u[start:stop], window(e, start, stop),
+                  window(a, start, stop), ls, st, cs, cd, cv, lr, table[k, 3] != 0, wd, omb1,
+                  b2, eps, bc, mom, omm, overwrite)
+
+
 @njit(**_JIT)
-def sum_of_squares(parallel, g, a, loss_scale, steps):
-    """Sum of the squared effective gradients, in float64; mutates nothing.
-
-    Partial sums over fixed chunks are added in order, so the serial and parallel
-    loops (and any thread count) give the same bits.
-    """
-    ls, st = cast_like(loss_scale, g), cast_like(steps, g)
-    partial = np.empty((g.size + REDUCTION_CHUNK - 1) // REDUCTION_CHUNK)
+def update(parallel, chunks, table, refs, deref, clip_table, m, u, e, a, loss_scale, steps,
+           clip_scale, clip_divisor, clip_value, lr, wd, one_minus_beta_1, beta_2, epsilon,
+           bias_correction, ema_momentum, overwrite):
+    """An update step on a group: mutates its variables, ``m``, ``u`` and ``e``/``a``
+    when given. Variables without a gradient (``refs[k] == 0``) only get the EMA step
+    and an accumulator reset. ``clip_table[k] = (clip_scale, clip_divisor)`` per
+    variable replaces the shared pair when given. See ``_math.update_at``."""
+    ls, st = cast_like(loss_scale, m), cast_like(steps, m)
+    cs, cd, cv = cast_like(clip_scale, m), cast_like(clip_divisor, m), cast_like(clip_value, m)
+    lr_, wd_ = cast_like(lr, m), cast_like(wd, m)
+    omb1, b2 = cast_like(one_minus_beta_1, m), cast_like(beta_2, m)
+    eps, bc = cast_like(epsilon, m), cast_like(bias_correction, m)
+    mom, omm = _ema_coefficients(ema_momentum, m)
     if parallel:
-        for c in prange(partial.size):
-            partial[c] = _chunk_sum_of_squares(c, g, a, ls, st)
+        for c in prange(chunks.shape[0]):
+            _update_chunk(c, chunks, table, refs, deref, clip_table, m, u, e, a, ls, st, cs,
+                          cd, cv, lr_, wd_, omb1, b2, eps, bc, mom, omm, overwrite)
     else:
-        for c in range(partial.size):
-            partial[c] = _chunk_sum_of_squares(c, g, a, ls, st)
-    total = 0.0
-    for c in range(partial.size):
-        total += partial[c]
-    return total
+        for c in range(chunks.shape[0]):
+            _update_chunk(c, chunks, table, refs, deref, clip_table, m, u, e, a, ls, st, cs,
+                          cd, cv, lr_, wd_, omb1, b2, eps, bc, mom, omm, overwrite)
 
 
-DISPATCHERS = (update, accumulate, ema, sum_of_squares)
+@_inline
+def _accumulate_chunk(c, chunks, table, refs, deref, e, a, ls, mom, omm, overwrite):
+    k, begin, end = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+    start = table[k, 2] + begin
+    stop = start + end - begin
+    w = _variable(table, k, begin, end, a)
+    if refs[k] == 0:
+        _without_gradient_range(w, window(e, start, stop), None, mom, omm, overwrite, False)
+        return
+    g = _gradient(refs, deref, table, k, begin, end, a)
+    _accumulate_range(w, g, window(e, start, stop), a[start:stop], ls, mom, omm, overwrite)
+
+
+@njit(**_JIT)
+def accumulate(parallel, chunks, table, refs, deref, e, a, loss_scale, ema_momentum,
+               overwrite):
+    """An accumulation micro-step on a group: ``a += g / loss_scale`` for variables
+    with a gradient; mutates ``a`` (and ``e`` and the variables through the EMA)."""
+    ls = cast_like(loss_scale, a)
+    mom, omm = _ema_coefficients(ema_momentum, a)
+    if parallel:
+        for c in prange(chunks.shape[0]):
+            _accumulate_chunk(c, chunks, table, refs, deref, e, a, ls, mom, omm, overwrite)
+    else:
+        for c in range(chunks.shape[0]):
+            _accumulate_chunk(c, chunks, table, refs, deref, e, a, ls, mom, omm, overwrite)
+
+
+@_inline
+def _chunk_sum_of_squares(c, chunks, table, refs, deref, a, ls, st, like):
+    k, begin, end = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+    if refs[k] == 0:
+        return 0.0
+    start = table[k, 2] + begin
+    return _sum_of_squares_range(_gradient(refs, deref, table, k, begin, end, like),
+                                 window(a, start, start + end - begin), ls, st)
+
+
+@njit(**_JIT)
+def sum_of_squares(parallel, chunks, table, refs, deref, like, a, loss_scale, steps):
+    """Per variable of a group, the sum of its squared effective gradients in float64
+    (0 without a gradient); ``like`` is any array of the group's dtype. Mutates
+    nothing. Each chunk is summed in order and the chunk sums are added in order,
+    so the serial and parallel loops (and any thread count) give the same bits."""
+    ls, st = cast_like(loss_scale, like), cast_like(steps, like)
+    partial = np.empty(chunks.shape[0])
+    if parallel:
+        for c in prange(chunks.shape[0]):
+            partial[c] = _chunk_sum_of_squares(c, chunks, table, refs, deref, a, ls, st, like)
+    else:
+        for c in range(chunks.shape[0]):
+            partial[c] = _chunk_sum_of_squares(c, chunks, table, refs, deref, a, ls, st, like)
+    sums = np.zeros(table.shape[0])
+    for c in range(chunks.shape[0]):
+        sums[chunks[c, 0]] += partial[c]
+    return sums
+
+
+DISPATCHERS = (update, accumulate, sum_of_squares)

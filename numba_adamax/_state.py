@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import _validation as check
+from ._addresses import data_address
 
 #: Element alignment of each variable's slice inside a flat buffer (64 bytes of float32).
 ALIGNMENT = 16
@@ -14,24 +15,42 @@ def slot_names(use_ema, use_accumulator):
     return ["m", "u"] + ["ema"] * use_ema + ["accumulator"] * use_accumulator
 
 
-class SlotGroup:
-    """The slots of all variables of one dtype, each slot one contiguous buffer.
+#: Elements per unit of kernel work: a variable is cut into chunks of at most this size.
+CHUNK = 16384
 
-    ``indices[k]`` is the variable stored at ``offsets[k]`` (its ``sizes[k]``
-    elements); ``m``, ``u``, ``ema`` and ``accumulator`` are flat arrays of
-    ``total`` elements (``ema``/``accumulator`` are None when not configured).
+
+class SlotGroup:
+    """The variables of one dtype: their slots, each one contiguous buffer, and the
+    tables that let one kernel call update all of them.
+
+    ``indices[k]`` is the state's variable stored at ``offsets[k]`` (its ``sizes[k]``
+    elements); ``m``, ``u``, ``ema`` and ``accumulator`` are flat arrays of ``total``
+    elements (``ema``/``accumulator`` are None when not configured).
+
+    Kernel tables (int64): ``table[k] = (data address, size, slot offset, weight
+    decay on)`` per variable, and ``chunks[c] = (k, begin, end)``, the element ranges
+    that are the kernels' units of (parallel) work.
     """
 
-    def __init__(self, dtype, indices, sizes, use_ema, use_accumulator):
+    def __init__(self, dtype, indices, arrays, use_ema, use_accumulator):
         self.dtype = np.dtype(dtype)
         self.indices = tuple(indices)
-        self.sizes = tuple(sizes)
+        self.sizes = tuple(a.size for a in arrays)
         offsets, position = [], 0
         for size in self.sizes:
             offsets.append(position)
             position += -(-size // ALIGNMENT) * ALIGNMENT
         self.offsets = tuple(offsets)
         self.total = position
+        self.table = np.array([(data_address(a), a.size, offset, 1)
+                               for a, offset in zip(arrays, offsets)],
+                              dtype=np.int64).reshape(-1, 4)
+        self.chunks = np.array([(k, begin, min(begin + CHUNK, size))
+                                for k, size in enumerate(self.sizes)
+                                for begin in range(0, size, CHUNK)],
+                               dtype=np.int64).reshape(-1, 3)
+        self.covers_all = False  # set by AdamaxState: indices == range(len(params))
+        self.gradient_refs = np.zeros(len(self.indices), dtype=np.int64)
 
         def buffer(wanted):
             return np.zeros(self.total, dtype=self.dtype) if wanted else None
@@ -48,6 +67,10 @@ class SlotGroup:
         if buf is None:
             return None
         return buf[self.offsets[k]:self.offsets[k] + self.sizes[k]]
+
+    def set_weight_decay(self, mask):
+        """Set the weight-decay column of ``table`` from the state-wide ``mask``."""
+        self.table[:, 3] = [bool(mask[i]) for i in self.indices]
 
 
 class AdamaxState:
@@ -83,8 +106,10 @@ class AdamaxState:
         for i, p in enumerate(self.params):
             by_dtype.setdefault(p.dtype, []).append(i)
         self.groups = tuple(
-            SlotGroup(dtype, idx, [self.params[i].size for i in idx], use_ema, use_acc)
+            SlotGroup(dtype, idx, [self.params[i] for i in idx], use_ema, use_acc)
             for dtype, idx in by_dtype.items())
+        if len(self.groups) == 1:
+            self.groups[0].covers_all = True
         # Per-variable (group, 1-D views) used by the kernels, and shaped views for users.
         n = len(self.params)
         self.flat = [None] * n
@@ -156,6 +181,8 @@ class AdamaxState:
         self.weight_decay_mask = [
             not (id(p) in ids or (pattern is not None and pattern.search(name)))
             for p, name in zip(self.params, self.names)]
+        for group in self.groups:
+            group.set_weight_decay(self.weight_decay_mask)
 
 
 def create(params, names, hyperparameters):

@@ -11,12 +11,18 @@ def warmup(dtypes=_DTYPES):
     the number of kernel signatures now compiled.
     """
     from . import _cpu
+    from ._core import init
     for name in dtypes:
         dtype = np.dtype(name)
         if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise TypeError(f"warmup: unsupported dtype {name!r}; expected float32 or float64.")
-        w, g, m, u = (np.zeros(1, dtype) for _ in range(4))
-        _cpu.update(False, w, g, m, u, None, None, 1.0, 1.0, 1.0, 1.0, np.inf, 0.0, False,
-                    0.0, 0.1, 0.999, 1e-7, 0.1, 0.0, False)
-        _cpu.sum_of_squares(False, g, None, 1.0, 1.0)
+        state = init([np.zeros(1, dtype)])
+        group = state.groups[0]
+        no_gradient = np.zeros(1, np.int64)
+        for parallel in (False, True):
+            _cpu.update(parallel, group.chunks, group.table, no_gradient, -1, None, group.m,
+                        group.u, None, None, 1.0, 1.0, 1.0, 1.0, np.inf, 0.0, 0.0, 0.1,
+                        0.999, 1e-7, 0.1, 0.0, False)
+            _cpu.sum_of_squares(parallel, group.chunks, group.table, no_gradient, -1, group.m,
+                                None, 1.0, 1.0)
     return sum(len(k.signatures) for k in _cpu.DISPATCHERS)

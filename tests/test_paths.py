@@ -415,8 +415,9 @@ _SUBPROCESS = textwrap.dedent("""
     for d in _cpu.DISPATCHERS:
         dts = []
         for sig in d.signatures:
-            arrays = [t for t in sig if hasattr(t, "dtype") and hasattr(t, "ndim")]
-            dts.append(str(arrays[0].dtype))
+            floats = [t for t in sig if hasattr(t, "ndim") and "float" in str(t.dtype)
+                      and t.ndim == 1]
+            dts.append(str(floats[0].dtype))
         out[d.__name__] = dts
     print(json.dumps(out))
 """)
