@@ -7,10 +7,12 @@ compiles nothing; kernels compile on first use (see ``warmup``).
 """
 from . import schedules
 from ._core import init, step
+from ._flat_buffer import FlatBuffer
 from ._hyperparameters import Hyperparameters
 from ._state import AdamaxState
 from ._warmup import warmup
 from .optimizer import Adamax
 
-__all__ = ["Adamax", "AdamaxState", "Hyperparameters", "init", "step", "schedules", "warmup"]
+__all__ = ["Adamax", "AdamaxState", "FlatBuffer", "Hyperparameters", "init", "step",
+           "schedules", "warmup"]
 __version__ = "0.1.0"

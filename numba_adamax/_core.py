@@ -6,7 +6,6 @@ in Python, then makes one norm pass (only when clipping by norm) and one fused p
 (``_cpu``'s ``update`` or ``accumulate`` kernel) per dtype group of variables. The
 ``Adamax`` class and ``step`` both end here.
 """
-import math
 import warnings
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from . import _state
 from . import _validation as check
 from ._addresses import gradient_table
+from ._flat_buffer import FlatBuffer
 from ._hyperparameters import Hyperparameters
 
 _backend = None
@@ -55,10 +55,20 @@ def step(params, grads, state):
     """Apply one optimizer call: update ``params`` and ``state`` in place.
 
     ``params`` must be the structure given to ``init`` (the same arrays, in the same
-    order or with the same keys); ``grads`` the same structure of arrays, with
-    ``None`` for a variable without a gradient. Everything is validated before the
-    first write. Returns ``state`` (the same object).
+    order or with the same keys, or the same ``FlatBuffer``); ``grads`` the same
+    structure of arrays, with ``None`` for a variable without a gradient, or a
+    ``FlatBuffer`` laid out like the variables' (checked in O(1)). Everything is
+    validated before the first write. Returns ``state`` (the same object).
     """
+    if isinstance(params, FlatBuffer):
+        if params is not state.buffer:
+            raise ValueError("`params` is not the FlatBuffer the state was built with.")
+        if is_flat_gradient(state, grads):
+            run_step(state, grads, prepare_call(state, grads))
+            return state
+        params = list(params.arrays)
+    if isinstance(grads, FlatBuffer):
+        grads = list(grads.arrays)
     if isinstance(params, dict):
         if not isinstance(grads, dict) or set(grads) != set(params):
             raise ValueError("`grads` must be a dict with the same keys as `params`.")
@@ -96,6 +106,12 @@ def apply_indexed(state, grads, in_call=None):
     run_step(state, grads, prepare_call(state, grads, in_call))
 
 
+def is_flat_gradient(state, grads):
+    """True when ``grads`` is a ``FlatBuffer`` laid out like the state's variables."""
+    return (type(grads) is FlatBuffer and state.buffer is not None
+            and grads.layout == state.buffer.layout)
+
+
 def prepare_call(state, grads, in_call=None):
     """Check one call's gradients and compute its learning rate; mutates nothing.
 
@@ -104,7 +120,11 @@ def prepare_call(state, grads, in_call=None):
     ``ValueError`` if no gradient at all is given, ``TypeError``/``ValueError`` for a
     bad gradient, and ``ValueError`` for a learning rate a schedule or callable got
     wrong. Returns the learning rate, or ``None`` on an accumulation micro-step.
+    ``grads`` may also be a ``FlatBuffer`` that ``is_flat_gradient`` accepted.
     """
+    if type(grads) is FlatBuffer:
+        return state.hyperparameters.learning_rate_at(state.raw_steps) \
+            if _is_update_step(state) else None
     if all(g is None for g in grads):
         raise ValueError("No gradients provided for any variable.")
     for i, g in enumerate(grads):
@@ -140,7 +160,7 @@ def run_step(state, grads, lr):
     ema_momentum = 0.0 if iterations == 0 else hp.ema_momentum
     overwrite = bool(hp.use_ema and hp.ema_overwrite_frequency
                      and (iterations + 1) % hp.ema_overwrite_frequency == 0)
-    loss_scale = hp.loss_scale_factor or 1.0
+    loss_scale = hp.loss_scale_factor
     calls = [(group, group.total >= threshold, *_gradient_refs(group, grads))
              for group in state.groups]
 
@@ -153,28 +173,30 @@ def run_step(state, grads, lr):
 
     steps = float(hp.gradient_accumulation_steps or 1)
     clip_tables = _clip_tables(kernels, calls, hp, loss_scale, steps)
-    clip_value = hp.clipvalue or math.inf
+    clip = (1.0, 1.0, hp.clipvalue) if hp.clipvalue else None
     t = iterations + 1
     for group, parallel, refs, deref in calls:
         dt = group.dtype.type
         bias_correction = float(dt(1) - dt(hp.beta_1) ** dt(t))
-        kernels.update(parallel, group.chunks, group.table, refs, deref,
+        kernels.update(parallel, group.chunks, group.table, refs, deref, clip,
                        clip_tables.get(group.dtype), group.m, group.u, group.ema,
-                       group.accumulator, loss_scale, steps, 1.0, 1.0, clip_value, lr,
-                       hp.weight_decay or 0.0, 1.0 - hp.beta_1, hp.beta_2, hp.epsilon,
-                       bias_correction, ema_momentum, overwrite)
+                       group.accumulator, loss_scale, steps, lr, hp.weight_decay or 0.0,
+                       1.0 - hp.beta_1, hp.beta_2, hp.epsilon, bias_correction,
+                       ema_momentum, overwrite)
     state.raw_steps += 1
 
 
 def _gradient_refs(group, grads):
     """``(refs, deref)`` locating ``group``'s gradients for the kernels (``_addresses``)."""
+    if type(grads) is FlatBuffer:
+        return grads.addresses, -1
     mine = grads if group.covers_all else [grads[i] for i in group.indices]
     return group.gradient_refs, gradient_table(mine, group.gradient_refs)
 
 
 def _clip_tables(kernels, calls, hp, loss_scale, steps):
     """Per group dtype, the ``(clip_scale, clip_divisor)`` of each variable when
-    clipping by norm; empty otherwise (the shared pair 1, 1 then applies).
+    clipping by norm; empty otherwise.
 
     Keras' priority: ``clipnorm`` (``g * c / max(||g||, c)``, per variable), then
     ``global_clipnorm`` (every gradient times ``c * min(1/N, 1/c) + (N - N)``, NaN

@@ -35,18 +35,34 @@ effective_gradient_at = _element.effective_gradient_at
 
 
 def cast_like(value, like):
-    """``value`` converted to the element type of array ``like`` (jitted code only)."""
+    """``value`` converted to the element type of array ``like``; a 3-tuple is converted
+    element-wise and None stays None (jitted code only)."""
     raise NotImplementedError("cast_like is only available inside jitted code")
 
 
 @overload(cast_like, jit_options={"error_model": "numpy"})
 def _cast_like_impl(value, like):
     dtype = like.dtype
+    if isinstance(value, numba.types.NoneType):
+        return lambda value, like: None
+    if isinstance(value, numba.types.BaseTuple):
+        return lambda value, like: (dtype(value[0]), dtype(value[1]), dtype(value[2]))
+    return lambda value, like: dtype(value)
 
-    def impl(value, like):
-        return dtype(value)
 
-    return impl
+def clip_for(clip, clip_table, k, like):
+    """Variable ``k``'s clip triple: from row ``k`` of ``clip_table`` (scale, divisor;
+    no clip value) when there is a table, else the shared ``clip`` (jitted code only)."""
+    raise NotImplementedError("clip_for is only available inside jitted code")
+
+
+@overload(clip_for, jit_options={"error_model": "numpy"})
+def _clip_for_impl(clip, clip_table, k, like):
+    if isinstance(clip_table, numba.types.NoneType):
+        return lambda clip, clip_table, k, like: clip
+    dtype = like.dtype
+    return lambda clip, clip_table, k, like: (dtype(clip_table[k, 0]), dtype(clip_table[k, 1]),
+                                              dtype(np.inf))
 
 
 def window(x, begin, end):
@@ -86,11 +102,11 @@ def _gradient(refs, deref, table, k, begin, end, like):
 # that each is compiled with its optional slots typed as arguments: numba only prunes
 # ``if e is not None`` branches on arguments.
 @njit(error_model="numpy", cache=True)
-def _update_range(w, g, m, u, e, a, ls, st, cs, cd, cv, lr, has_wd, wd, omb1, b2, eps, bc,
-                  mom, omm, overwrite):
+def _update_range(w, g, m, u, e, a, ls, st, clip, lr, has_wd, wd, omb1, b2, eps, bc, mom,
+                  omm, overwrite):
     for i in range(w.size):
-        update_at(i, w, g, m, u, e, a, ls, st, cs, cd, cv, lr, has_wd, wd, omb1, b2, eps, bc,
-                  mom, omm, overwrite)
+        update_at(i, w, g, m, u, e, a, ls, st, clip, lr, has_wd, wd, omb1, b2, eps, bc, mom,
+                  omm, overwrite)
 
 
 @njit(error_model="numpy", cache=True)
@@ -118,8 +134,8 @@ def _sum_of_squares_range(g, a, ls, st):
 
 
 @_inline
-def _update_chunk(c, chunks, table, refs, deref, clip_table, m, u, e, a, ls, st, cs, cd, cv,
-                  lr, wd, omb1, b2, eps, bc, mom, omm, overwrite):
+def _update_chunk(c, chunks, table, refs, deref, clip, clip_table, m, u, e, a, ls, st, lr, wd,
+                  omb1, b2, eps, bc, mom, omm, overwrite):
     k, begin, end = chunks[c, 0], chunks[c, 1], chunks[c, 2]
     start = table[k, 2] + begin
     stop = start + end - begin
@@ -129,35 +145,34 @@ def _update_chunk(c, chunks, table, refs, deref, clip_table, m, u, e, a, ls, st,
                                 overwrite, True)
         return
     g = _gradient(refs, deref, table, k, begin, end, m)
-    if clip_table is not None:
-        cs, cd = cast_like(clip_table[k, 0], m), cast_like(clip_table[k, 1], m)
     _update_range(w, g, m[start:stop], u[start:stop], window(e, start, stop),
-                  window(a, start, stop), ls, st, cs, cd, cv, lr, table[k, 3] != 0, wd, omb1,
-                  b2, eps, bc, mom, omm, overwrite)
+                  window(a, start, stop), ls, st, clip_for(clip, clip_table, k, m), lr,
+                  table[k, 3] != 0, wd, omb1, b2, eps, bc, mom, omm, overwrite)
 
 
 @njit(**_JIT)
-def update(parallel, chunks, table, refs, deref, clip_table, m, u, e, a, loss_scale, steps,
-           clip_scale, clip_divisor, clip_value, lr, wd, one_minus_beta_1, beta_2, epsilon,
-           bias_correction, ema_momentum, overwrite):
+def update(parallel, chunks, table, refs, deref, clip, clip_table, m, u, e, a, loss_scale,
+           steps, lr, wd, one_minus_beta_1, beta_2, epsilon, bias_correction, ema_momentum,
+           overwrite):
     """An update step on a group: mutates its variables, ``m``, ``u`` and ``e``/``a``
     when given. Variables without a gradient (``refs[k] == 0``) only get the EMA step
-    and an accumulator reset. ``clip_table[k] = (clip_scale, clip_divisor)`` per
-    variable replaces the shared pair when given. See ``_math.update_at``."""
-    ls, st = cast_like(loss_scale, m), cast_like(steps, m)
-    cs, cd, cv = cast_like(clip_scale, m), cast_like(clip_divisor, m), cast_like(clip_value, m)
+    and an accumulator reset. ``clip`` is None or ``(clip_scale, clip_divisor,
+    clip_value)`` for every variable; ``clip_table[k] = (clip_scale, clip_divisor)``
+    per variable replaces it when given. ``loss_scale`` is None when off. See
+    ``_math.update_at``."""
+    ls, st, cl = cast_like(loss_scale, m), cast_like(steps, m), cast_like(clip, m)
     lr_, wd_ = cast_like(lr, m), cast_like(wd, m)
     omb1, b2 = cast_like(one_minus_beta_1, m), cast_like(beta_2, m)
     eps, bc = cast_like(epsilon, m), cast_like(bias_correction, m)
     mom, omm = _ema_coefficients(ema_momentum, m)
     if parallel:
         for c in prange(chunks.shape[0]):
-            _update_chunk(c, chunks, table, refs, deref, clip_table, m, u, e, a, ls, st, cs,
-                          cd, cv, lr_, wd_, omb1, b2, eps, bc, mom, omm, overwrite)
+            _update_chunk(c, chunks, table, refs, deref, cl, clip_table, m, u, e, a, ls, st,
+                          lr_, wd_, omb1, b2, eps, bc, mom, omm, overwrite)
     else:
         for c in range(chunks.shape[0]):
-            _update_chunk(c, chunks, table, refs, deref, clip_table, m, u, e, a, ls, st, cs,
-                          cd, cv, lr_, wd_, omb1, b2, eps, bc, mom, omm, overwrite)
+            _update_chunk(c, chunks, table, refs, deref, cl, clip_table, m, u, e, a, ls, st,
+                          lr_, wd_, omb1, b2, eps, bc, mom, omm, overwrite)
 
 
 @_inline

@@ -18,9 +18,9 @@ Two layers:
 
 All scalars already have the variables' dtype when these functions run (the
 kernels cast them once per call), and no float literal appears: one would promote
-float32 arithmetic to float64. Features that are off use neutral values that leave
-the gradient bit-for-bit unchanged (``loss_scale = 1``, ``clip_scale = clip_divisor
-= 1``, ``clip_value = inf``), so the loops carry no per-feature branches.
+float32 arithmetic to float64. Features that are off are passed as ``None`` too
+(``loss_scale``, ``clip``), so their arithmetic (two divisions per element) is
+compiled away rather than done with neutral values.
 """
 from types import SimpleNamespace
 
@@ -75,19 +75,19 @@ def compile_for(decorator):
         return momentum * average + one_minus_momentum * w
 
     @decorator
-    def update_at(i, w, g, m, u, e, a, loss_scale, steps, clip_scale, clip_divisor,
-                  clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2, epsilon,
-                  bias_correction, ema_momentum, one_minus_ema_momentum, overwrite):
+    def update_at(i, w, g, m, u, e, a, loss_scale, steps, clip, lr, has_wd, wd,
+                  one_minus_beta_1, beta_2, epsilon, bias_correction, ema_momentum,
+                  one_minus_ema_momentum, overwrite):
         """An update step on element ``i``; mutates ``w``, ``m``, ``u`` and ``e``/``a`` if given.
 
         Order: unscale, accumulated mean (and accumulator reset), clip, weight decay,
-        Adamax, EMA, overwrite.
+        Adamax, EMA, overwrite. ``clip`` is ``(clip_scale, clip_divisor, clip_value)``.
         """
-        gi = g[i] / loss_scale
+        gi = effective_gradient_at(i, g, a, loss_scale, steps)
         if a is not None:
-            gi = (gi + a[i]) / steps
             a[i] = steps - steps
-        gi = clip_gradient(gi, clip_scale, clip_divisor, clip_value)
+        if clip is not None:
+            gi = clip_gradient(gi, clip[0], clip[1], clip[2])
         wi = w[i]
         if has_wd:
             wi = wi - wi * wd * lr
@@ -104,7 +104,10 @@ def compile_for(decorator):
     def accumulate_at(i, w, g, e, a, loss_scale, ema_momentum, one_minus_ema_momentum,
                       overwrite):
         """An accumulation micro-step on element ``i``: ``a += g / loss_scale``, then EMA."""
-        a[i] = a[i] + g[i] / loss_scale
+        gi = g[i]
+        if loss_scale is not None:
+            gi = gi / loss_scale
+        a[i] = a[i] + gi
         if e is not None:
             ema_at(i, w, e, ema_momentum, one_minus_ema_momentum, overwrite)
 
@@ -118,8 +121,11 @@ def compile_for(decorator):
 
     @decorator
     def effective_gradient_at(i, g, a, loss_scale, steps):
-        """The gradient an update of element ``i`` sees before clipping."""
-        gi = g[i] / loss_scale
+        """The gradient an update of element ``i`` sees before clipping: unscaled
+        (``g / loss_scale``) and, with an accumulator, the window's mean."""
+        gi = g[i]
+        if loss_scale is not None:
+            gi = gi / loss_scale
         if a is not None:
             gi = (gi + a[i]) / steps
         return gi

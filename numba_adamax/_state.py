@@ -3,9 +3,8 @@ import numpy as np
 
 from . import _validation as check
 from ._addresses import data_address
-
-#: Element alignment of each variable's slice inside a flat buffer (64 bytes of float32).
-ALIGNMENT = 16
+from ._flat_buffer import FlatBuffer
+from ._layout import aligned_offsets
 
 SLOT_NAMES = ("m", "u", "ema", "accumulator")
 
@@ -36,12 +35,8 @@ class SlotGroup:
         self.dtype = np.dtype(dtype)
         self.indices = tuple(indices)
         self.sizes = tuple(a.size for a in arrays)
-        offsets, position = [], 0
-        for size in self.sizes:
-            offsets.append(position)
-            position += -(-size // ALIGNMENT) * ALIGNMENT
+        offsets, self.total = aligned_offsets(self.sizes)
         self.offsets = tuple(offsets)
-        self.total = position
         self.table = np.array([(data_address(a), a.size, offset, 1)
                                for a, offset in zip(arrays, offsets)],
                               dtype=np.int64).reshape(-1, 4)
@@ -88,6 +83,7 @@ class AdamaxState:
             ``gradient_accumulation_steps``).
         weight_decay_mask: list of bools, True where weight decay applies.
         groups: tuple of ``SlotGroup``, one per dtype, owning the flat buffers.
+        buffer: the ``FlatBuffer`` the variables were given as, or None.
 
     Derived counters: ``iterations`` (Keras' property: ``raw_steps``, or
     ``raw_steps // gradient_accumulation_steps``) and ``bias_correction_step``
@@ -99,6 +95,7 @@ class AdamaxState:
         self.params = tuple(params)
         self.names = tuple(names)
         self.raw_steps = 0
+        self.buffer = None
         self.weight_decay_mask = [True] * len(self.params)
         use_ema = hyperparameters.use_ema
         use_acc = hyperparameters.gradient_accumulation_steps is not None
@@ -188,10 +185,15 @@ class AdamaxState:
 def create(params, names, hyperparameters):
     """Validate ``params`` (and ``names``) and return a fresh ``AdamaxState``.
 
-    ``params`` is a list/tuple of arrays or a dict name -> array; ``names`` names a
-    list (default ``variable_0``, ``variable_1``, ...). Raises before allocating.
+    ``params`` is a list/tuple of arrays, a dict name -> array or a ``FlatBuffer``;
+    ``names`` names a list (default ``variable_0``, ``variable_1``, ..., or the
+    buffer's names). Raises before allocating.
     The caller locks ``hyperparameters`` once it adopts the state.
     """
+    buffer = None
+    if isinstance(params, FlatBuffer):
+        buffer, names = params, params.names if names is None else names
+        params = list(params.arrays)
     if isinstance(params, dict):
         if names is not None:
             raise ValueError("`names` cannot be given when the variables are a dict.")
@@ -207,4 +209,6 @@ def create(params, names, hyperparameters):
         check.variable(p, f"variable {names[i]!r}")
     if len({id(p) for p in params}) != len(params):
         raise ValueError("The same array appears more than once in `variables`.")
-    return AdamaxState(params, names, hyperparameters)
+    state = AdamaxState(params, names, hyperparameters)
+    state.buffer = buffer
+    return state

@@ -140,6 +140,17 @@ def _describe(x):
     return f"{type(x).__module__}.{type(x).__qualname__}"
 
 
+def float_dtype(dtype, label):
+    """``dtype`` as a ``numpy.dtype`` if it is float32 or float64, else TypeError."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{label} must be a numpy dtype, got {dtype!r}.") from None
+    if resolved not in CPU_DTYPES:
+        raise TypeError(f"{label} must be float32 or float64, got {resolved}.")
+    return resolved
+
+
 def variable(x, label):
     """Check one variable: a writeable, C-contiguous float32/float64 numpy array."""
     if not isinstance(x, np.ndarray):

@@ -20,9 +20,9 @@ def warmup(dtypes=_DTYPES):
         group = state.groups[0]
         no_gradient = np.zeros(1, np.int64)
         for parallel in (False, True):
-            _cpu.update(parallel, group.chunks, group.table, no_gradient, -1, None, group.m,
-                        group.u, None, None, 1.0, 1.0, 1.0, 1.0, np.inf, 0.0, 0.0, 0.1,
-                        0.999, 1e-7, 0.1, 0.0, False)
+            _cpu.update(parallel, group.chunks, group.table, no_gradient, -1, None, None,
+                        group.m, group.u, None, None, None, 1.0, 0.0, 0.0, 0.1, 0.999, 1e-7,
+                        0.1, 0.0, False)
             _cpu.sum_of_squares(parallel, group.chunks, group.table, no_gradient, -1, group.m,
-                                None, 1.0, 1.0)
+                                None, None, 1.0)
     return sum(len(k.signatures) for k in _cpu.DISPATCHERS)

@@ -4,6 +4,7 @@ import numpy as np
 from . import _core
 from . import _state
 from . import _validation as check
+from ._flat_buffer import FlatBuffer
 from ._hyperparameters import Hyperparameters, from_keywords
 
 
@@ -124,7 +125,20 @@ class Adamax:
         Without ``variables`` the optimizer must be built and ``grads`` covers every
         built variable. The first call builds. Every input is validated before
         anything (the build included) changes.
+
+        With ``variables`` a ``FlatBuffer`` (or omitted after building on one) and
+        ``grads`` a ``FlatBuffer`` of the same layout, the gradients are checked in
+        O(1); other ``FlatBuffer`` arguments count as lists of their arrays.
         """
+        if isinstance(grads, FlatBuffer) and self._apply_flat(grads, variables):
+            return
+        if isinstance(grads, FlatBuffer):
+            grads = list(grads.arrays)
+        if isinstance(variables, FlatBuffer):
+            if self._state is not None and variables is not self._state.buffer:
+                raise ValueError("`variables` is not the FlatBuffer the optimizer was "
+                                 "built with.")
+            variables = list(variables.arrays)
         names = None
         if isinstance(grads, dict):
             grads, variables, names = self._from_dicts(grads, variables)
@@ -159,6 +173,25 @@ class Adamax:
         if fresh:
             self._adopt(state)  # only now: a failed first call builds nothing
         _core.run_step(state, full, lr)
+
+    def _apply_flat(self, grads, variables):
+        """The O(1) path of ``apply``; returns False (having changed nothing) when
+        ``grads`` and ``variables`` do not qualify for it."""
+        state = self._state
+        fresh = state is None
+        if fresh:
+            if not isinstance(variables, FlatBuffer):
+                return False
+            state = _state.create(variables, None, self._hp)
+        elif variables is not None and variables is not state.buffer:
+            return False
+        if not _core.is_flat_gradient(state, grads):
+            return False
+        lr = _core.prepare_call(state, grads)
+        if fresh:
+            self._adopt(state)
+        _core.run_step(state, grads, lr)
+        return True
 
     def _from_dicts(self, grads, variables):
         if variables is None:

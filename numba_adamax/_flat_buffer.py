@@ -1,0 +1,95 @@
+"""``FlatBuffer``: many arrays carved out of one contiguous buffer."""
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _validation as check
+from ._addresses import data_address
+from ._layout import aligned_offsets
+
+
+class FlatBuffer(Sequence):
+    """Arrays of given shapes that are views into one contiguous, aligned buffer.
+
+    Allocate a model's parameters this way, and their gradients with ``zeros_like()``;
+    an optimizer built on a ``FlatBuffer`` and given a ``FlatBuffer`` of gradients
+    with the same layout checks the gradients in O(1) instead of once per array. The
+    arrays behave like any numpy arrays (write into them in place, e.g.
+    ``np.matmul(x.T, d, out=grads[0])``); rebinding a list entry does not change the
+    buffer. Each array starts on a 64-byte boundary.
+
+    Args:
+        shapes: a sequence of shapes (tuples of non-negative ints, or ints).
+        dtype: ``float32`` or ``float64``.
+        names: optional distinct names, one per array (default ``variable_<i>``).
+
+    Attributes:
+        data: the whole 1-D buffer (zero-initialised), padding included.
+        arrays: tuple of the shaped views, in order.
+        names: tuple of their names.
+        layout: ``(dtype, shapes)``, equal for buffers whose arrays line up.
+    """
+
+    def __init__(self, shapes, dtype=np.float32, *, names=None):
+        shapes = [_shape(s, i) for i, s in enumerate(check.sequence(shapes, "`shapes`"))]
+        dtype = check.float_dtype(dtype, "`dtype`")
+        self.names = (check.names(names, len(shapes)) if names is not None
+                      else tuple(f"variable_{i}" for i in range(len(shapes))))
+        self.layout = (dtype.str, tuple(shapes))
+        self._offsets, total = aligned_offsets(_size(shape) for shape in shapes)
+        self._carve(np.zeros(total, dtype=dtype))
+
+    def _carve(self, data):
+        self.data = data
+        self.arrays = tuple(data[offset:offset + _size(shape)].reshape(shape)
+                            for offset, shape in zip(self._offsets, self.layout[1]))
+        self.addresses = np.array([data_address(a) for a in self.arrays], dtype=np.int64)
+
+    @classmethod
+    def from_arrays(cls, arrays, *, names=None):
+        """A new buffer holding copies of ``arrays`` (one dtype, float32 or float64)."""
+        arrays = check.sequence(arrays, "`arrays`")
+        dtypes = {np.asarray(a).dtype for a in arrays}
+        if len(dtypes) > 1:
+            raise TypeError(f"`arrays` mix dtypes {sorted(map(str, dtypes))}; a FlatBuffer "
+                            "holds one dtype (use one buffer per dtype).")
+        buffer = cls([np.shape(a) for a in arrays], dtypes.pop() if dtypes else np.float32,
+                     names=names)
+        for view, a in zip(buffer.arrays, arrays):
+            view[...] = a
+        return buffer
+
+    def zeros_like(self):
+        """A new zeroed buffer with the same layout and names (e.g. for gradients)."""
+        other = object.__new__(FlatBuffer)
+        other.names, other.layout, other._offsets = self.names, self.layout, self._offsets
+        other._carve(np.zeros_like(self.data))
+        return other
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __len__(self):
+        return len(self.arrays)
+
+    def __getitem__(self, index):
+        return self.arrays[index]
+
+    def __repr__(self):
+        return (f"FlatBuffer({len(self.arrays)} arrays, {self.data.size} elements, "
+                f"dtype={self.data.dtype})")
+
+
+def _size(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _shape(shape, i):
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
+            for d in shape):
+        raise ValueError(f"`shapes[{i}]` must be a tuple of non-negative ints, got {shape!r}.")
+    return tuple(int(d) for d in shape)
