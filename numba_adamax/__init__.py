@@ -6,11 +6,13 @@ functional core it is built on (``AdamaxState`` is the record they share).
 compiles nothing; kernels compile on first use (see ``warmup``).
 """
 from . import schedules
+from ._checkpoint import CheckpointError, load_state, save_state
 from ._core import init, step
 from ._hyperparameters import Hyperparameters
 from ._state import AdamaxState
 from ._warmup import warmup
 from .optimizer import Adamax
 
-__all__ = ["Adamax", "AdamaxState", "Hyperparameters", "init", "step", "schedules", "warmup"]
+__all__ = ["Adamax", "AdamaxState", "CheckpointError", "Hyperparameters", "init", "step",
+           "load_state", "save_state", "schedules", "warmup"]
 __version__ = "0.1.0"

@@ -130,4 +130,33 @@ def sum_of_squares(parallel, g, a, loss_scale, steps):
     return total
 
 
-DISPATCHERS = (update, accumulate, ema, sum_of_squares)
+@_inline
+def _chunk_all_finite(chunk, g):
+    ok = True
+    for i in range(chunk * REDUCTION_CHUNK, min(g.size, (chunk + 1) * REDUCTION_CHUNK)):
+        x = g[i]
+        ok &= x - x == x - x  # False exactly when x is NaN or +-inf; branch-free
+    return ok
+
+
+@njit(**_JIT)
+def all_finite(parallel, g):
+    """True when no element of ``g`` is NaN or +-inf; mutates nothing.
+
+    Works in chunks of ``REDUCTION_CHUNK`` elements; the serial loop returns at the
+    first chunk holding a non-finite value, the parallel loop checks every chunk.
+    """
+    chunks = (g.size + REDUCTION_CHUNK - 1) // REDUCTION_CHUNK
+    if parallel:
+        bad = 0
+        for c in prange(chunks):
+            if not _chunk_all_finite(c, g):
+                bad += 1
+        return bad == 0
+    for c in range(chunks):
+        if not _chunk_all_finite(c, g):
+            return False
+    return True
+
+
+DISPATCHERS = (update, accumulate, ema, sum_of_squares, all_finite)

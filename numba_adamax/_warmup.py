@@ -19,4 +19,5 @@ def warmup(dtypes=_DTYPES):
         _cpu.update(False, w, g, m, u, None, None, 1.0, 1.0, 1.0, 1.0, np.inf, 0.0, False,
                     0.0, 0.1, 0.999, 1e-7, 0.1, 0.0, False)
         _cpu.sum_of_squares(False, g, None, 1.0, 1.0)
+        _cpu.all_finite(False, g)
     return sum(len(k.signatures) for k in _cpu.DISPATCHERS)
