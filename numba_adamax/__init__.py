@@ -6,6 +6,7 @@ functional core it is built on (``AdamaxState`` is the record they share).
 compiles nothing; kernels compile on first use (see ``warmup``).
 """
 from . import schedules
+from ._checkpoint import CheckpointError, load_state, save_state
 from ._core import init, step
 from ._flat_buffer import FlatBuffer
 from ._hyperparameters import Hyperparameters
@@ -13,6 +14,6 @@ from ._state import AdamaxState
 from ._warmup import warmup
 from .optimizer import Adamax
 
-__all__ = ["Adamax", "AdamaxState", "FlatBuffer", "Hyperparameters", "init", "step",
-           "schedules", "warmup"]
+__all__ = ["Adamax", "AdamaxState", "CheckpointError", "FlatBuffer", "Hyperparameters", "init",
+           "load_state", "save_state", "schedules", "step", "warmup"]
 __version__ = "0.1.0"

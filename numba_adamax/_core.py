@@ -103,7 +103,7 @@ def apply_indexed(state, grads, in_call=None):
 
     See ``prepare_call`` for the checks; nothing is written unless all pass.
     """
-    run_step(state, grads, prepare_call(state, grads, in_call))
+    commit(state, grads, prepare_call(state, grads, in_call))
 
 
 def is_flat_gradient(state, grads):
@@ -118,27 +118,78 @@ def prepare_call(state, grads, in_call=None):
     ``in_call`` lists the variable indices the caller passed (default: all); a
     ``None`` gradient among them is reported with a ``UserWarning``. Raises
     ``ValueError`` if no gradient at all is given, ``TypeError``/``ValueError`` for a
-    bad gradient, and ``ValueError`` for a learning rate a schedule or callable got
-    wrong. Returns the learning rate, or ``None`` on an accumulation micro-step.
+    bad gradient, ``FloatingPointError`` for a NaN/inf gradient under
+    ``nonfinite="raise"``, and ``ValueError`` for a learning rate a schedule or
+    callable got wrong. Returns the learning rate, ``None`` on an accumulation
+    micro-step, or ``SKIPPED`` for a call the ``"skip"`` policy drops (see ``commit``).
     ``grads`` may also be a ``FlatBuffer`` that ``is_flat_gradient`` accepted.
     """
-    if type(grads) is FlatBuffer:
-        return state.hyperparameters.learning_rate_at(state.raw_steps) \
-            if _is_update_step(state) else None
-    if all(g is None for g in grads):
-        raise ValueError("No gradients provided for any variable.")
-    for i, g in enumerate(grads):
-        if g is not None:
-            check.gradient(g, state.params[i], f"gradient for variable {state.names[i]!r}")
-    lr = None
-    if _is_update_step(state):
+    flat = type(grads) is FlatBuffer
+    if not flat:
+        if all(g is None for g in grads):
+            raise ValueError("No gradients provided for any variable.")
+        for i, g in enumerate(grads):
+            if g is not None:
+                check.gradient(g, state.params[i], f"gradient for variable {state.names[i]!r}")
+    lr = None if screen_nonfinite(state, grads) else SKIPPED
+    if lr is None and _is_update_step(state):
         lr = state.hyperparameters.learning_rate_at(state.raw_steps)
+    if flat:
+        return lr
     missing = [state.names[i] for i in (range(len(grads)) if in_call is None else in_call)
                if grads[i] is None]
     if missing:
         warnings.warn(f"Gradients do not exist for variables {missing} when minimizing "
                       "the loss.", UserWarning, stacklevel=4)
     return lr
+
+
+# ---------------------------------------------------------------- non-finite gradients
+# The one place the ``nonfinite`` policy acts: ``prepare_call`` asks
+# ``screen_nonfinite`` before anything is written, and ``commit`` then either counts
+# a skipped call or hands it to ``run_step``. With the default "propagate" this costs
+# one attribute test per call.
+
+#: What ``prepare_call`` returns for a call the ``"skip"`` policy drops.
+SKIPPED = "skipped"
+
+
+def screen_nonfinite(state, grads):
+    """Apply ``state.hyperparameters.nonfinite`` to this call's gradients; mutates nothing.
+
+    Returns True when the call runs: always under ``"propagate"`` (NaN/inf flow into
+    the state as in Keras), or when every gradient is finite. Otherwise returns False
+    under ``"skip"`` and raises ``FloatingPointError`` under ``"raise"``. The check is
+    one read pass over the gradients per dtype group (``_cpu.all_finite``), made only
+    by those two policies.
+    """
+    policy = state.hyperparameters.nonfinite
+    if policy == "propagate":
+        return True
+    kernels = _kernels()
+    for group in state.groups:
+        refs, deref = _gradient_refs(group, grads)
+        if not kernels.all_finite(group.total >= kernels.PARALLEL_THRESHOLD, group.chunks,
+                                  group.table, refs, deref, group.m):
+            if policy == "raise":
+                listed = grads.arrays if type(grads) is FlatBuffer else grads
+                bad = next(state.names[i] for i in group.indices
+                           if listed[i] is not None and not np.isfinite(listed[i]).all())
+                raise FloatingPointError(
+                    f"The gradient for variable {bad!r} holds NaN or inf "
+                    "(nonfinite='raise'); nothing was changed.")
+            return False
+    return True
+
+
+
+def commit(state, grads, lr):
+    """Finish a call ``prepare_call`` accepted: when it returned ``SKIPPED``, only
+    ``state.skipped_steps`` grows by one; otherwise ``run_step(state, grads, lr)``."""
+    if lr is SKIPPED:
+        state.skipped_steps += 1
+        return
+    run_step(state, grads, lr)
 
 
 def _is_update_step(state):

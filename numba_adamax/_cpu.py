@@ -233,4 +233,38 @@ def sum_of_squares(parallel, chunks, table, refs, deref, like, a, loss_scale, st
     return sums
 
 
-DISPATCHERS = (update, accumulate, sum_of_squares)
+@njit(error_model="numpy", cache=True)
+def _all_finite_range(g):
+    ok = True
+    for i in range(g.size):
+        x = g[i]
+        ok &= x - x == x - x  # False exactly when x is NaN or +-inf; branch-free
+    return ok
+
+
+@_inline
+def _chunk_all_finite(c, chunks, table, refs, deref, like):
+    k, begin, end = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+    if refs[k] == 0:
+        return True
+    return _all_finite_range(_gradient(refs, deref, table, k, begin, end, like))
+
+
+@njit(**_JIT)
+def all_finite(parallel, chunks, table, refs, deref, like):
+    """True when no gradient of a group holds NaN or +-inf; ``like`` is any array of
+    the group's dtype. Mutates nothing. The serial loop stops at the first chunk
+    holding a non-finite value; the parallel loop checks every chunk."""
+    if parallel:
+        bad = 0
+        for c in prange(chunks.shape[0]):
+            if not _chunk_all_finite(c, chunks, table, refs, deref, like):
+                bad += 1
+        return bad == 0
+    for c in range(chunks.shape[0]):
+        if not _chunk_all_finite(c, chunks, table, refs, deref, like):
+            return False
+    return True
+
+
+DISPATCHERS = (update, accumulate, sum_of_squares, all_finite)

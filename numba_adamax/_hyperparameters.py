@@ -29,6 +29,7 @@ _CHECKS = {
                                               low_open=True, optional=True),
     "gradient_accumulation_steps": check.gradient_accumulation_steps,
     "decay": lambda v: check.real("decay", v, low=0.0, optional=True),
+    "nonfinite": check.nonfinite,
     "name": check.name,
 }
 
@@ -43,8 +44,9 @@ class Hyperparameters:
     callable), ``beta_1``, ``beta_2``, ``epsilon``, ``weight_decay``, ``clipnorm``,
     ``clipvalue``, ``global_clipnorm``, ``use_ema``, ``ema_momentum``,
     ``ema_overwrite_frequency``, ``loss_scale_factor``,
-    ``gradient_accumulation_steps``, ``decay`` (TF 1.x inverse-time decay) and
-    ``name``. Numbers are stored as Python ``float``/``int``. Setting a field
+    ``gradient_accumulation_steps``, ``decay`` (TF 1.x inverse-time decay),
+    ``nonfinite`` (what a call does with a NaN/inf gradient: ``"propagate"``,
+    ``"skip"`` or ``"raise"``) and ``name``. Numbers are stored as Python ``float``/``int``. Setting a field
     re-validates it (and the clipping exclusivity); ``use_ema`` and
     ``gradient_accumulation_steps`` cannot change once ``lock()`` was called.
     """
@@ -55,7 +57,7 @@ class Hyperparameters:
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
                  loss_scale_factor=None, gradient_accumulation_steps=None, decay=None,
-                 name="adamax"):
+                 nonfinite="propagate", name="adamax"):
         values = dict(locals())
         del values["self"]
         normalised = {field: _CHECKS[field](values[field]) for field in _CHECKS}
@@ -123,7 +125,8 @@ class Hyperparameters:
     # ------------------------------------------------------------ config
 
     def get_config(self):
-        """Keras 3's 14 keys (plus ``decay`` when set); schedules serialised as dicts.
+        """Keras 3's 14 keys (plus ``decay`` when set, and ``nonfinite`` when it is not the
+        default ``"propagate"``); schedules serialised as dicts.
 
         A float learning rate is reported exactly (Keras reports it rounded to
         float32). A callable learning rate is returned as the object itself.
@@ -133,6 +136,8 @@ class Hyperparameters:
             config["learning_rate"] = serialize(self.learning_rate)
         if self.decay is not None:
             config["decay"] = self.decay
+        if self.nonfinite != "propagate":
+            config["nonfinite"] = self.nonfinite
         return config
 
     @classmethod

@@ -1,6 +1,7 @@
 """The optimizer state: slots in flat per-dtype buffers, counters and the layout."""
 import numpy as np
 
+from . import _state_dict
 from . import _validation as check
 from ._addresses import data_address
 from ._flat_buffer import FlatBuffer
@@ -76,6 +77,7 @@ class AdamaxState:
         params: tuple of the variables (numpy arrays updated in place), in order.
         names: tuple of variable names (used by weight-decay exclusion and saving).
         raw_steps: int, calls applied so far (Keras' internal iteration counter).
+        skipped_steps: int, calls dropped by ``nonfinite="skip"`` (not in ``raw_steps``).
         m, u: tuples of per-variable views (shape of the variable) of the first
             moment and the infinity norm.
         ema: per-variable EMA averages (empty tuple unless ``use_ema``).
@@ -96,6 +98,7 @@ class AdamaxState:
         self.names = tuple(names)
         self.raw_steps = 0
         self.buffer = None
+        self.skipped_steps = 0
         self.weight_decay_mask = [True] * len(self.params)
         use_ema = hyperparameters.use_ema
         use_acc = hyperparameters.gradient_accumulation_steps is not None
@@ -169,6 +172,21 @@ class AdamaxState:
         EMA averages, accumulators, then m0, u0, m1, u1, ..."""
         interleaved = [s for pair in zip(self.m, self.u) for s in pair]
         return [*self.ema, *self.accumulators, *interleaved]
+
+    # ------------------------------------------------------------ persistence
+
+    def state_dict(self):
+        """A plain-dict snapshot: ``format_version``, ``config`` (JSON values),
+        ``raw_steps``, ``iterations``, ``skipped_steps``, ``names``, ``shapes``,
+        ``dtypes`` and ``slots`` (NumPy copies in ``variables`` order). Mutates nothing."""
+        return _state_dict.state_dict(self)
+
+    def load_state_dict(self, d):
+        """Restore the slots, ``raw_steps`` and ``skipped_steps`` from ``state_dict()``
+        output. Everything (format version, counters, names, shapes, dtypes, ``use_ema``,
+        ``gradient_accumulation_steps``) is checked first; on ``TypeError``/``ValueError``
+        nothing has changed. The hyperparameters in force are kept."""
+        _state_dict.load_state_dict(self, d)
 
     def set_weight_decay_exclusions(self, pattern=None, var_list=None):
         """Recompute ``weight_decay_mask``: a variable is excluded if it is in

@@ -125,6 +125,18 @@ def name(value):
     return value
 
 
+#: The accepted ``nonfinite`` policies (see ``_core.screen_nonfinite``).
+NONFINITE_POLICIES = ("propagate", "skip", "raise")
+
+
+def nonfinite(value):
+    """``nonfinite``: one of ``NONFINITE_POLICIES`` (an exact str)."""
+    if not isinstance(value, str) or value not in NONFINITE_POLICIES:
+        raise ValueError("Argument `nonfinite` must be one of 'propagate', 'skip' or 'raise'. "
+                         f"Received: nonfinite={value!r}")
+    return value
+
+
 def clip_exclusive(clipnorm, clipvalue, global_clipnorm):
     """At most one clipping argument may be set (Keras' rule and message)."""
     if sum(v is not None for v in (clipnorm, clipvalue, global_clipnorm)) > 1:
@@ -217,3 +229,141 @@ def names(values, count):
     if len(set(values)) != len(values):
         raise ValueError(f"`names` must be distinct; got {values}.")
     return tuple(values)
+
+
+# ---------------------------------------------------------------- saved state
+
+#: The version of the ``state_dict`` layout this code writes and reads.
+STATE_FORMAT_VERSION = 1
+
+STATE_DICT_KEYS = ("format_version", "config", "raw_steps", "iterations", "skipped_steps",
+                   "names", "shapes", "dtypes", "slots")
+
+
+def counter(value, label):
+    """A saved counter: an int (Python or NumPy, or a 0-d integer array) >= 0, as int."""
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "iu":
+        value = value[()]
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{label} must be an integer >= 0, got {value!r}.")
+    return int(value)
+
+
+def saved_array(value, shape, dtype, label):
+    """A saved slot: a numpy array with exactly ``shape`` and ``dtype``."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{label} must be a numpy.ndarray, got {_describe(value)}.")
+    if value.shape != tuple(shape):
+        raise ValueError(f"{label} has shape {value.shape}; expected {tuple(shape)}.")
+    if value.dtype != dtype:
+        raise TypeError(f"{label} has dtype {value.dtype}; expected {np.dtype(dtype)}.")
+
+
+def state_dict(d):
+    """Check the self-consistency of a ``state_dict`` (no optimizer needed); mutates nothing.
+
+    Checks the key set, ``format_version``, the counters (``iterations`` must equal
+    ``raw_steps`` or ``raw_steps // gradient_accumulation_steps`` of the saved
+    ``config``), the ``names`` / ``shapes`` / ``dtypes`` lists, and that ``slots`` holds
+    one array per slot of the saved configuration, each with its variable's shape and
+    dtype, in ``variables`` order (EMA averages, accumulators, then m, u per variable).
+    Raises ``TypeError``/``ValueError`` naming the field. Returns ``(config, raw_steps,
+    skipped_steps, names, shapes, dtypes)`` normalised (tuples, ``np.dtype``).
+    """
+    if not isinstance(d, dict):
+        raise TypeError(f"A state dict must be a dict, got {_describe(d)}.")
+    missing = [k for k in STATE_DICT_KEYS if k not in d]
+    unknown = sorted(str(k) for k in d if k not in STATE_DICT_KEYS)
+    if missing or unknown:
+        raise ValueError(f"State dict keys do not match: missing {missing}, unknown {unknown}.")
+    version = d["format_version"]
+    if not _is_int(version) or version != STATE_FORMAT_VERSION:
+        raise ValueError(f"State dict field 'format_version' is {version!r}; this version of "
+                         f"numba_adamax reads format {STATE_FORMAT_VERSION} only.")
+    config = d["config"]
+    if not isinstance(config, dict):
+        raise TypeError(f"State dict field 'config' must be a dict, got {_describe(config)}.")
+    use_ema = config.get("use_ema", False)
+    gas = config.get("gradient_accumulation_steps")
+    if not isinstance(use_ema, bool):
+        raise ValueError(f"State dict field 'config': use_ema must be a bool, got {use_ema!r}.")
+    if gas is not None:
+        gradient_accumulation_steps(gas)
+    raw = counter(d["raw_steps"], "State dict field 'raw_steps'")
+    iterations = counter(d["iterations"], "State dict field 'iterations'")
+    skipped = counter(d["skipped_steps"], "State dict field 'skipped_steps'")
+    if iterations != (raw // gas if gas else raw):
+        raise ValueError(f"State dict field 'iterations' is {iterations}, inconsistent with "
+                         f"raw_steps={raw} and gradient_accumulation_steps={gas}.")
+    saved_names = d["names"]
+    if not isinstance(saved_names, (list, tuple)) or not saved_names:
+        raise ValueError("State dict field 'names' must be a non-empty list of str.")
+    count = len(saved_names)
+    saved_names = names(saved_names, count)
+    shapes, dtypes = d["shapes"], d["dtypes"]
+    if not isinstance(shapes, (list, tuple)) or len(shapes) != count:
+        raise ValueError(f"State dict field 'shapes' must be a list of {count} shapes.")
+    if not isinstance(dtypes, (list, tuple)) or len(dtypes) != count:
+        raise ValueError(f"State dict field 'dtypes' must be a list of {count} dtype names.")
+    shapes = tuple(_shape(s, f"State dict field 'shapes'[{i}]") for i, s in enumerate(shapes))
+    dtypes = tuple(_saved_dtype(t, f"State dict field 'dtypes'[{i}]") for i, t in enumerate(dtypes))
+    slots = d["slots"]
+    per_variable = 2 + use_ema + (gas is not None)
+    if not isinstance(slots, (list, tuple)) or len(slots) != per_variable * count:
+        got = len(slots) if isinstance(slots, (list, tuple)) else _describe(slots)
+        raise ValueError(f"State dict field 'slots' must be a list of {per_variable * count} "
+                         f"arrays ({per_variable} per variable); got {got}.")
+    for j, i in enumerate(slot_owners(count, use_ema, gas is not None)):
+        saved_array(slots[j], shapes[i], dtypes[i],
+                    f"State dict field 'slots'[{j}] (variable {saved_names[i]!r})")
+    return config, raw, skipped, saved_names, shapes, dtypes
+
+
+def slot_owners(count, use_ema, use_accumulator):
+    """The variable index of each slot array in ``variables`` order (after the counter)."""
+    owners = list(range(count)) * use_ema + list(range(count)) * use_accumulator
+    return owners + [i for i in range(count) for _ in range(2)]
+
+
+def _shape(value, label):
+    if (not isinstance(value, (list, tuple))
+            or not all(_is_int(n) and n >= 0 for n in value)):
+        raise ValueError(f"{label} must be a list of ints >= 0, got {value!r}.")
+    return tuple(int(n) for n in value)
+
+
+def _saved_dtype(value, label):
+    if not isinstance(value, str) or value not in ("float32", "float64"):
+        raise ValueError(f"{label} must be 'float32' or 'float64', got {value!r}.")
+    return np.dtype(value)
+
+
+def state_dict_config_matches(config, hyperparameters):
+    """The saved ``config`` and ``hyperparameters`` agree on the settings that decide
+    which slots exist (``use_ema``, ``gradient_accumulation_steps``); else ValueError."""
+    for field in ("use_ema", "gradient_accumulation_steps"):
+        default = False if field == "use_ema" else None
+        ours, theirs = getattr(hyperparameters, field), config.get(field, default)
+        if ours != theirs:
+            raise ValueError(f"State dict field 'config': {field}={theirs!r} in the saved "
+                             f"state but {field}={ours!r} in this optimizer; they decide "
+                             "which slots exist.")
+
+
+def state_dict_matches(saved, state):
+    """Check a validated ``state_dict`` (the tuple returned by ``state_dict``) against an
+    ``AdamaxState``: the same variable names, shapes and dtypes in the same order, and the
+    same slot-deciding settings (``use_ema``, ``gradient_accumulation_steps``). Raises
+    ``ValueError`` naming the field; mutates nothing."""
+    config, _, _, saved_names, shapes, dtypes = saved
+    state_dict_config_matches(config, state.hyperparameters)
+    if saved_names != tuple(state.names):
+        raise ValueError(f"State dict field 'names' is {list(saved_names)}; this optimizer "
+                         f"has {list(state.names)}.")
+    for i, p in enumerate(state.params):
+        if shapes[i] != p.shape:
+            raise ValueError(f"State dict field 'shapes'[{i}] (variable {saved_names[i]!r}) is "
+                             f"{shapes[i]}; the variable has shape {p.shape}.")
+        if dtypes[i] != p.dtype:
+            raise TypeError(f"State dict field 'dtypes'[{i}] (variable {saved_names[i]!r}) is "
+                            f"{dtypes[i]}; the variable has dtype {p.dtype}.")

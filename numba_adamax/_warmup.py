@@ -25,4 +25,5 @@ def warmup(dtypes=_DTYPES):
                         0.1, 0.0, False)
             _cpu.sum_of_squares(parallel, group.chunks, group.table, no_gradient, -1, group.m,
                                 None, None, 1.0)
+            _cpu.all_finite(parallel, group.chunks, group.table, no_gradient, -1, group.m)
     return sum(len(k.signatures) for k in _cpu.DISPATCHERS)

@@ -1,8 +1,10 @@
 """The ``Adamax`` class: Keras 3's optimizer interface over the functional core."""
 import numpy as np
 
+from . import _checkpoint
 from . import _core
 from . import _state
+from . import _state_dict
 from . import _validation as check
 from ._flat_buffer import FlatBuffer
 from ._hyperparameters import Hyperparameters, from_keywords
@@ -36,13 +38,18 @@ class Adamax:
     TF 1.x keywords ``lr`` (alias of ``learning_rate``) and ``decay`` (inverse-time
     decay) are accepted with a ``DeprecationWarning``. Every argument is validated
     (``ValueError`` naming it), also when set later as an attribute.
+
+    ``nonfinite`` (not in Keras) says what a call does when a gradient holds NaN or
+    inf: ``"propagate"`` (Keras' behaviour: the values flow into the state),
+    ``"skip"`` (the call changes nothing but ``skipped_steps``) or ``"raise"``
+    (``FloatingPointError`` before anything changes).
     """
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
                  loss_scale_factor=None, gradient_accumulation_steps=None, name="adamax",
-                 **kwargs):
+                 nonfinite="propagate", **kwargs):
         learning_rate, decay = from_keywords(learning_rate, kwargs)
         self._reset(Hyperparameters(
             learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
@@ -50,13 +57,15 @@ class Adamax:
             global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
             ema_overwrite_frequency=ema_overwrite_frequency,
             loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps, decay=decay, name=name))
+            gradient_accumulation_steps=gradient_accumulation_steps, decay=decay,
+            nonfinite=nonfinite, name=name))
 
     def _reset(self, hp):
         """Take ``hp`` as the settings, unbuilt and with no weight-decay exclusions."""
         self._hp = hp
         self._state = None
         self._exclusions = (None, None)  # (compiled var_names pattern, var_list)
+        self._pending = None  # a load waiting for the build: (check, apply) callables
 
     beta_1 = _hyperparameter("beta_1", "Exponential decay rate of the first moment, in [0, 1).")
     beta_2 = _hyperparameter("beta_2", "Decay rate of the infinity norm, in [0, 1).")
@@ -74,6 +83,8 @@ class Adamax:
     gradient_accumulation_steps = _hyperparameter(
         "gradient_accumulation_steps", "Calls averaged into one update, or None.")
     decay = _hyperparameter("decay", "Deprecated TF 1.x inverse-time decay, or None.")
+    nonfinite = _hyperparameter(
+        "nonfinite", "What a NaN/inf gradient does: 'propagate', 'skip' or 'raise'.")
     name = _hyperparameter("name", "The optimizer's name.")
 
     # ------------------------------------------------------------ state and counters
@@ -94,6 +105,11 @@ class Adamax:
         return 0 if self._state is None else self._state.iterations
 
     @property
+    def skipped_steps(self):
+        """Calls dropped by ``nonfinite="skip"`` (they are not counted in ``iterations``)."""
+        return 0 if self._state is None else self._state.skipped_steps
+
+    @property
     def learning_rate(self):
         """The learning rate the next call will use, as a float (schedule and decay applied)."""
         return self._hp.learning_rate_at(0 if self._state is None else self._state.raw_steps)
@@ -108,12 +124,22 @@ class Adamax:
         Does nothing if already built. Mutates only this optimizer.
         """
         if self._state is None:
-            self._adopt(_state.create(variables, names, self._hp))
+            self._adopt(self._new_state(variables, names))
+
+    def _new_state(self, variables, names):
+        """A fresh state for ``variables`` with any pending load applied (the load is
+        checked again against it first). The optimizer itself is not changed."""
+        state = _state.create(variables, names, self._hp)
+        if self._pending is not None:
+            check_pending, apply_pending = self._pending
+            apply_pending(state, check_pending(state))
+        return state
 
     def _adopt(self, state):
         state.set_weight_decay_exclusions(*self._exclusions)
         self._hp.lock()
         self._state = state
+        self._pending = None
 
     # ------------------------------------------------------------ stepping
 
@@ -162,7 +188,7 @@ class Adamax:
             raise ValueError(f"Got {len(grads)} gradients for {len(variables)} variables.")
         fresh = state is None
         if fresh:
-            state = _state.create(variables, names, self._hp)
+            state = self._new_state(variables, names)
         indices = [state.index_of(v) for v in variables]
         if len(set(indices)) != len(indices):
             raise ValueError("The same variable appears more than once in `variables`.")
@@ -172,7 +198,7 @@ class Adamax:
         lr = _core.prepare_call(state, full, indices)
         if fresh:
             self._adopt(state)  # only now: a failed first call builds nothing
-        _core.run_step(state, full, lr)
+        _core.commit(state, full, lr)
 
     def _apply_flat(self, grads, variables):
         """The O(1) path of ``apply``; returns False (having changed nothing) when
@@ -278,30 +304,80 @@ class Adamax:
                                  self._hp.gradient_accumulation_steps is not None)
 
     def get_weights(self):
-        """Copies of ``variables``."""
-        return [np.array(v, copy=True) for v in self.variables]
+        """Host copies of ``variables``."""
+        return _state_dict.weights(self._state)
 
     def set_weights(self, weights):
         """Load arrays in ``variables`` order (counter first). Everything is checked
         (count, shapes, dtypes, counter) before anything is written."""
         state = self._require_built("set_weights")
-        weights = check.sequence(weights, "`weights`")
-        targets = state.state_arrays()
-        if len(weights) != len(targets) + 1:
-            raise ValueError(f"`set_weights` expected {len(targets) + 1} arrays "
-                             f"(counter first), got {len(weights)}.")
-        counter = np.asarray(weights[0])
-        if counter.shape != () or counter.dtype.kind not in "iu" or int(counter) < 0:
-            raise ValueError(f"weights[0] must be a non-negative integer counter, got {weights[0]!r}.")
-        arrays = [np.asarray(w) for w in weights[1:]]
-        for j, (src, dst) in enumerate(zip(arrays, targets), start=1):
-            if src.shape != dst.shape:
-                raise ValueError(f"weights[{j}] has shape {src.shape}; expected {dst.shape}.")
-            if src.dtype != dst.dtype:
-                raise TypeError(f"weights[{j}] has dtype {src.dtype}; expected {dst.dtype}.")
-        for src, dst in zip(arrays, targets):
-            np.copyto(dst, src)
-        state.raw_steps = int(counter)
+        _state_dict.apply_weights(state, _state_dict.check_weights(state, weights))
+
+    # ------------------------------------------------------------ checkpoints
+
+    def state_dict(self):
+        """The whole optimizer state as a plain dict (see ``AdamaxState.state_dict``):
+        format version, JSON config, counters, names, shapes, dtypes and every slot as
+        a NumPy copy. Needs a built optimizer."""
+        return self._require_built("state_dict").state_dict()
+
+    def load_state_dict(self, d):
+        """Restore ``state_dict()`` output: every slot, ``iterations`` and
+        ``skipped_steps``; the hyperparameters in force are kept.
+
+        Everything is checked before anything changes (``TypeError``/``ValueError``
+        naming the field). On an unbuilt optimizer the dict is checked as far as it
+        can be now, copied, and applied by the build (``build`` or the first
+        ``apply``), which checks it again against the variables and fails, building
+        nothing, if they do not match.
+        """
+        saved = _state_dict.check_state_dict(d, self._state)
+        if self._state is not None:
+            _state_dict.apply_state_dict(d, saved, self._state)
+            return
+        check.state_dict_config_matches(saved[0], self._hp)
+        d = _state_dict.detached(d)
+        self._pending = (lambda state: _state_dict.check_state_dict(d, state),
+                         lambda state, checked: _state_dict.apply_state_dict(d, checked, state))
+
+    def save_state(self, path):
+        """Write ``state_dict()`` to ``path``: one ``.npz`` file, replaced atomically,
+        with a SHA-256 checksum. Needs a built optimizer; mutates only the file."""
+        _checkpoint.write(self.state_dict(), path)
+
+    def load_state(self, path):
+        """``load_state_dict`` from a file written by ``save_state`` (or
+        ``numba_adamax.save_state``). A truncated or corrupted file raises
+        ``CheckpointError`` (a ``ValueError``) and changes nothing."""
+        self.load_state_dict(_checkpoint.read(path))
+
+    def save_own_variables(self, store):
+        """Keras' layout: ``store[str(i)] = `` a host copy of ``variables[i]`` (the call
+        counter, EMA averages, accumulators, then m0, u0, ...). ``skipped_steps`` is not
+        part of it."""
+        for i, array in enumerate(_state_dict.weights(self._state)):
+            store[str(i)] = array
+
+    def load_own_variables(self, store):
+        """Load what ``save_own_variables`` wrote. ``store`` maps ``"0"``, ``"1"``, ... to
+        arrays. Stricter than Keras, which warns and skips on a count mismatch: a wrong
+        count, key, shape or dtype raises ``ValueError``/``TypeError`` and nothing changes.
+        On an unbuilt optimizer the arrays are copied and applied by the build."""
+        keys = sorted(store.keys(), key=str)
+        expected = sorted((str(i) for i in range(len(keys))), key=str)
+        if keys != expected:
+            raise ValueError(f"The store's keys must be '0', '1', ..., got {keys}.")
+        weights = [store[str(i)] for i in range(len(keys))]
+        if self._state is not None:
+            _state_dict.apply_weights(self._state, _state_dict.check_weights(
+                self._state, weights, "load_own_variables"))
+            return
+        if not weights:
+            raise ValueError("The store is empty; expected the counter under '0' first.")
+        weights = [np.array(w, copy=True) for w in weights]
+        self._pending = (
+            lambda state: _state_dict.check_weights(state, weights, "load_own_variables"),
+            _state_dict.apply_weights)
 
     def _require_built(self, what):
         if self._state is None:

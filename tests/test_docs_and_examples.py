@@ -79,3 +79,9 @@ def test_benchmark_numpy_baseline_matches_library():
     np.testing.assert_allclose(w, w_np, rtol=1e-6)
     ours, theirs = bench.compare(2000, repeats=3)
     assert ours > 0 and theirs > 0
+
+
+def test_benchmark_nonfinite_runs_every_policy():
+    times = _load_example("benchmark_nonfinite").compare(2000, repeats=3)
+    assert sorted(times) == ["propagate", "raise", "skip"]
+    assert all(t > 0 for t in times.values())

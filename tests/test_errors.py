@@ -140,6 +140,9 @@ ERROR_CASES = [
     _case(dict(gradient_accumulation_steps="2"), ValueError, named("gradient_accumulation_steps")),
     # ---- name: a non-empty str
     *[_case(dict(name=v), ValueError, named("name")) for v in ("", 3, b"adamax")],
+    # ---- nonfinite: exactly one of the three policy names
+    *[_case(dict(nonfinite=v), ValueError, named("nonfinite"))
+      for v in ("ignore", "SKIP", "", None, True, 1)],
     # ---- unknown keywords: TypeError naming them
     _case(dict(foo=1), TypeError, r"\bfoo\b"),
     _case(dict(momentum=0.9), TypeError, r"\bmomentum\b"),
@@ -196,6 +199,7 @@ ACCEPTED = [
     dict(loss_scale_factor=1e-3), dict(loss_scale_factor=2**15),
     dict(gradient_accumulation_steps=2), dict(gradient_accumulation_steps=np.int32(4)),
     dict(name="my_adamax"),
+    dict(nonfinite="propagate"), dict(nonfinite="skip"), dict(nonfinite="raise"),
 ]
 
 
@@ -419,7 +423,8 @@ class Snapshot:
         self.built = None if opt is None else opt.built
         self.counters = (None if opt is None else opt.iterations,
                          None if state is None else state.raw_steps,
-                         None if state is None else state.iterations)
+                         None if state is None else state.iterations,
+                         None if state is None else state.skipped_steps)
         self.weights = None if opt is None else opt.get_weights()
         self.config = None if opt is None else opt.get_config()
         self.arrays = {} if state is None else {k: v.copy() for k, v in _state_arrays(state).items()}
@@ -444,7 +449,8 @@ class Snapshot:
             assert opt.get_config() == self.config
         counters = (None if opt is None else opt.iterations,
                     None if state is None else state.raw_steps,
-                    None if state is None else state.iterations)
+                    None if state is None else state.iterations,
+                    None if state is None else state.skipped_steps)
         assert counters == self.counters
         if state is not None:
             now = _state_arrays(state)
@@ -523,6 +529,7 @@ SETTER_CASES = [
       for c in _setter("loss_scale_factor", v, ValueError, named("loss_scale_factor"))],
     *[c for v in (-1.0, NAN, True) for c in _setter("decay", v, ValueError, named("decay"))],
     *[c for v in ("", 3, None) for c in _setter("name", v, ValueError, named("name"))],
+    *[c for v in ("nan", None, 0) for c in _setter("nonfinite", v, ValueError, named("nonfinite"))],
     # learning_rate setter (spec §2.5): numbers validated; a number on a schedule/callable lr
     # is a TypeError
     *[c for v in (-0.5, -1, NAN, INF)
