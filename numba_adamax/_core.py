@@ -94,11 +94,14 @@ def apply_indexed(state, grads, in_call=None):
     run_step(state, grads, prepare_call(state, grads, in_call))
 
 
-def prepare_call(state, grads, in_call=None):
+def prepare_call(state, grads, in_call=None, hyperparameters=None):
     """Check one call's gradients and compute its learning rate; mutates nothing.
 
     ``in_call`` lists the variable indices the caller passed (default: all); a
-    ``None`` gradient among them is reported with a ``UserWarning``. Raises
+    ``None`` gradient among them is reported with a ``UserWarning``.
+    ``hyperparameters`` (default ``state.hyperparameters``) gives the learning rate:
+    a caller about to install new settings with the same structure passes them
+    here, so the rate is computed from what the step will run with. Raises
     ``ValueError`` if no gradient at all is given, ``TypeError``/``ValueError`` for a
     bad gradient, and ``ValueError`` for a learning rate a schedule or callable got
     wrong. Returns the learning rate, or ``None`` on an accumulation micro-step.
@@ -110,7 +113,8 @@ def prepare_call(state, grads, in_call=None):
             check.gradient(g, state.params[i], f"gradient for variable {state.names[i]!r}")
     lr = None
     if _is_update_step(state):
-        lr = state.hyperparameters.learning_rate_at(state.raw_steps)
+        hp = state.hyperparameters if hyperparameters is None else hyperparameters
+        lr = hp.learning_rate_at(state.raw_steps)
     missing = [state.names[i] for i in (range(len(grads)) if in_call is None else in_call)
                if grads[i] is None]
     if missing:
