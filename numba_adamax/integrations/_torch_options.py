@@ -93,8 +93,9 @@ def hyperparameters(group, label):
 
 def key(group):
     """A snapshot of a group's hyperparameter values, to tell whether they changed
-    (None when a key is missing, so that the group is validated again)."""
-    if any(k not in group for k in DEFAULTS):
+    (None when a key is missing or a Keras name was added, so that the group is
+    validated again)."""
+    if any(k not in group for k in DEFAULTS) or any(k in group for k in KERAS_ONLY):
         return None
     return tuple(tuple(group[k]) if k == "betas" and isinstance(group[k], (tuple, list))
                  else group[k] for k in DEFAULTS)
