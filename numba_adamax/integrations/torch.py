@@ -268,7 +268,8 @@ class Adamax(torch.optim.Optimizer):
             _core.run_step(binding.state, grads, lr)
             binding.step.fill_(binding.state.raw_steps)
             # The kernels write through NumPy; tell autograd the parameters changed.
-            torch.autograd.graph.increment_version(binding.params)
+            for p in binding.params:
+                torch.autograd.graph.increment_version(p)
         return loss
 
     def _hyperparameters(self, index, group, binding):
