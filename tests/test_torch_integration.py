@@ -428,6 +428,27 @@ def test_load_state_dict_can_change_which_slots_exist():
     assert_state_dicts_equal(target.state_dict(), source.state_dict())
 
 
+def test_state_dict_hooks_run_as_in_pytorch():
+    params = make_params()
+    opt = Adamax(params, lr=0.05)
+    calls = []
+    opt.register_state_dict_pre_hook(lambda o: calls.append("pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "extra": 1})
+    opt.register_load_state_dict_pre_hook(
+        lambda o, sd: {**sd, "param_groups": [{**g, "lr": 0.5} for g in sd["param_groups"]]})
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("post"))
+    saved = opt.state_dict()
+    assert saved["extra"] == 1 and calls == ["pre"]
+    opt.load_state_dict(saved)
+    assert calls == ["pre", "post"] and opt.param_groups[0]["lr"] == 0.5
+
+
+def test_pickling_is_refused_with_a_pointer_to_state_dict():
+    opt = Adamax(make_params())
+    with pytest.raises(TypeError, match="state_dict"):
+        copy.deepcopy(opt)
+
+
 # ----------------------------------------------------------------- flat mode
 
 def test_flat_mode_makes_each_group_views_of_one_buffer_per_dtype():

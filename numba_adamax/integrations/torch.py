@@ -293,8 +293,12 @@ class Adamax(torch.optim.Optimizer):
     def state_dict(self):
         """The optimizer state in PyTorch's layout (see the class docstring).
 
-        Tensors are copies, so the result does not change with later steps.
+        Tensors are copies, so the result does not change with later steps. Hooks
+        registered with ``register_state_dict_pre_hook`` / ``_post_hook`` run as in
+        PyTorch.
         """
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
         state, groups, start = {}, [], 0
         for group, binding in zip(self.param_groups, self._bindings):
             packed = {key: value for key, value in group.items() if key != "params"}
@@ -309,7 +313,11 @@ class Adamax(torch.optim.Optimizer):
                 state[start + k] = entry
             groups.append(packed)
             start += len(binding.params)
-        return {"state": state, "param_groups": groups}
+        result = {"state": state, "param_groups": groups}
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            returned = hook(self, result)
+            result = result if returned is None else returned
+        return result
 
     def load_state_dict(self, state_dict):
         """Load ``state_dict()`` output: group options, step counters and every slot.
@@ -317,8 +325,12 @@ class Adamax(torch.optim.Optimizer):
         Parameters are matched by position, as in PyTorch. Counts, option values,
         keys, shapes, dtypes and step counters are all checked (``TypeError`` /
         ``ValueError`` naming the entry) before anything changes. Slot tensors may
-        be on any device; they are copied.
+        be on any device; they are copied. Hooks registered with
+        ``register_load_state_dict_pre_hook`` / ``_post_hook`` run as in PyTorch.
         """
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            returned = hook(self, state_dict)
+            state_dict = state_dict if returned is None else returned
         loaded = _checked_state_dict(state_dict, self.param_groups, self._bindings)
         states = []
         for (group, hyperparameters, entries, steps), binding in zip(loaded, self._bindings):
@@ -342,6 +354,13 @@ class Adamax(torch.optim.Optimizer):
             self.param_groups[index] = group
             if state is not None:
                 self._publish(binding)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def __getstate__(self):
+        raise TypeError("numba_adamax.integrations.torch.Adamax cannot be pickled or "
+                        "deep-copied: its slots are NumPy views bound to the parameters. "
+                        "Save optimizer.state_dict() and load it into a new optimizer.")
 
 
 def _as_groups(params):
