@@ -541,6 +541,9 @@ CONSTRUCTOR_ERRORS = {
     "shared_between_groups": (lambda ps: Adamax([{"params": ps}, {"params": ps[:1]}]),
                               ValueError, "more than one parameter group"),
     "named_and_unnamed": (lambda ps: Adamax([("a", ps[0]), ps[1]]), ValueError, "names"),
+    "repeated_names": (lambda ps: Adamax([{"params": ps[:1]}, {"params": ps[1:],
+                                                               "param_names": ["a"] * 4}],
+                                         flat=True), ValueError, "repeated param_names"),
 }
 
 

@@ -160,9 +160,13 @@ class Adamax(torch.optim.Optimizer):
         elif any(isinstance(p, tuple) for p in params):
             raise ValueError(f"{label}: all parameters must be given with names or all "
                              "without names.")
-        if "param_names" in group and len(group["param_names"]) != len(params):
-            raise ValueError(f"{label} has {len(group['param_names'])} param_names for "
-                             f"{len(params)} parameters.")
+        if "param_names" in group:
+            names = list(group["param_names"])
+            if len(names) != len(params):
+                raise ValueError(f"{label} has {len(names)} param_names for "
+                                 f"{len(params)} parameters.")
+            if len({str(name) for name in names}) != len(names):
+                raise ValueError(f"{label} has repeated param_names: {names}.")
         for k, p in enumerate(params):
             checks.parameter(p, _label(group, index, k))
         if len({id(p) for p in params}) != len(params):
