@@ -112,11 +112,14 @@ def is_flat_gradient(state, grads):
             and grads.layout == state.buffer.layout)
 
 
-def prepare_call(state, grads, in_call=None):
+def prepare_call(state, grads, in_call=None, hyperparameters=None):
     """Check one call's gradients and compute its learning rate; mutates nothing.
 
     ``in_call`` lists the variable indices the caller passed (default: all); a
-    ``None`` gradient among them is reported with a ``UserWarning``. Raises
+    ``None`` gradient among them is reported with a ``UserWarning``.
+    ``hyperparameters`` (default ``state.hyperparameters``) gives the learning rate:
+    a caller about to install new settings with the same structure passes them
+    here, so the rate is computed from what the step will run with. Raises
     ``ValueError`` if no gradient at all is given, ``TypeError``/``ValueError`` for a
     bad gradient, ``FloatingPointError`` for a NaN/inf gradient under
     ``nonfinite="raise"``, and ``ValueError`` for a learning rate a schedule or
@@ -131,9 +134,10 @@ def prepare_call(state, grads, in_call=None):
         for i, g in enumerate(grads):
             if g is not None:
                 check.gradient(g, state.params[i], f"gradient for variable {state.names[i]!r}")
-    lr = None if screen_nonfinite(state, grads) else SKIPPED
+    hp = state.hyperparameters if hyperparameters is None else hyperparameters
+    lr = None if screen_nonfinite(state, grads, hp.nonfinite) else SKIPPED
     if lr is None and _is_update_step(state):
-        lr = state.hyperparameters.learning_rate_at(state.raw_steps)
+        lr = hp.learning_rate_at(state.raw_steps)
     if flat:
         return lr
     missing = [state.names[i] for i in (range(len(grads)) if in_call is None else in_call)
@@ -154,8 +158,8 @@ def prepare_call(state, grads, in_call=None):
 SKIPPED = "skipped"
 
 
-def screen_nonfinite(state, grads):
-    """Apply ``state.hyperparameters.nonfinite`` to this call's gradients; mutates nothing.
+def screen_nonfinite(state, grads, policy):
+    """Apply the ``nonfinite`` ``policy`` to this call's gradients; mutates nothing.
 
     Returns True when the call runs: always under ``"propagate"`` (NaN/inf flow into
     the state as in Keras), or when every gradient is finite. Otherwise returns False
@@ -163,7 +167,6 @@ def screen_nonfinite(state, grads):
     one read pass over the gradients per dtype group (``_cpu.all_finite``), made only
     by those two policies.
     """
-    policy = state.hyperparameters.nonfinite
     if policy == "propagate":
         return True
     kernels = _kernels()

@@ -894,3 +894,27 @@ def test_repr_mentions_name_and_state():
     opt = Adamax(name="my_opt")
     text = repr(opt)
     assert "my_opt" in text and "built=False" in text
+
+
+def test_integrations_import_torch_lazily():
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as if PyTorch were not installed\n"
+        "import numba_adamax, numba_adamax.integrations\n"
+        "try:\n"
+        "    import numba_adamax.integrations.torch\n"
+        "except ImportError as exc:\n"
+        "    print('ImportError:', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert "ImportError: numba_adamax.integrations.torch needs PyTorch" in out.stdout
+    assert "pip install" in out.stdout
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, numba_adamax, numba_adamax.integrations; "
+                               "print(sorted(m for m in ('torch', 'numba_adamax._cpu') "
+                               "if m in sys.modules))"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[]"

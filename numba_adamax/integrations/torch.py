@@ -1,0 +1,492 @@
+"""PyTorch integration: ``Adamax``, a ``torch.optim.Optimizer`` that runs numba_adamax's
+kernels on CPU tensors, with Keras 3 semantics.
+
+Importing this module imports torch; importing ``numba_adamax`` or
+``numba_adamax.integrations`` does not.
+"""
+try:
+    import torch
+except ImportError as exc:
+    raise ImportError(
+        "numba_adamax.integrations.torch needs PyTorch, which is not installed. Install it "
+        "with `pip install \"numba_adamax[torch]\"`, or the CPU-only build with "
+        "`pip install torch --index-url https://download.pytorch.org/whl/cpu`.") from exc
+
+import numpy as np
+
+from .. import _core, _state
+from .._hyperparameters import STRUCTURAL
+from .._layout import aligned_offsets
+from . import _torch_checks as checks
+from . import _torch_options as options
+
+__all__ = ["Adamax"]
+
+#: ``optimizer.state[p]`` / ``state_dict()`` key -> numba_adamax slot name.
+SLOT_KEYS = {"exp_avg": "m", "exp_inf": "u", "ema": "ema", "accumulator": "accumulator"}
+
+
+class _Binding:
+    """The numba_adamax side of one parameter group.
+
+    ``params``: the group's tensors, in order. ``state``: the ``AdamaxState`` over
+    zero-copy NumPy views of them (None for a group without parameters).
+    ``pointers``: each tensor's ``data_ptr()`` when bound, to detect a parameter
+    whose memory was replaced. ``key``: ``_torch_options.key`` of the settings
+    ``state`` runs with. ``step``: 0-d int64 tensor, the group's call counter,
+    shared by every ``optimizer.state[p]["step"]`` of the group. ``flat_buffers``:
+    dtype -> the contiguous tensor the parameters are views of (flat mode only).
+    """
+
+    __slots__ = ("params", "state", "pointers", "key", "step", "flat_buffers")
+
+
+class Adamax(torch.optim.Optimizer):
+    """Adamax with the semantics of ``keras.optimizers.Adamax``, as a PyTorch optimizer.
+
+    Each parameter group is one ``numba_adamax`` state (see ``numba_adamax.init``)
+    over zero-copy NumPy views of the group's CPU tensors; ``step()`` runs the same
+    fused kernels as ``numba_adamax.Adamax``, so the results are bit for bit those
+    of the NumPy API on equal arrays. Per update, for every parameter with a
+    gradient (``t`` counts updates, from 1)::
+
+        g = clip(g / loss_scale_factor)              # and the accumulation mean
+        w = w - w * weight_decay * lr                # decoupled, when weight_decay is set
+        m = m + (g - m) * (1 - beta_1)
+        u = max(beta_2 * u, |g|)                     # NaN-propagating
+        w = w - (lr * m) / ((1 - beta_1**t) * (u + eps))
+
+    then the EMA of the weights. Compared with ``torch.optim.Adamax``:
+
+    - ``eps`` is added outside the maximum, to ``u``; torch computes
+      ``max(beta_2 * u, |g| + eps)``.
+    - ``weight_decay`` is decoupled (``w -= w * weight_decay * lr``, AdamW-style);
+      torch adds ``weight_decay * w`` to the gradient (L2). ``None`` (the default)
+      turns it off; ``0`` leaves the weights unchanged.
+    - The defaults are Keras': ``lr=0.001`` and ``eps=1e-7`` (torch: 0.002, 1e-8).
+    - Clipping, loss-scale unscaling, gradient accumulation and the EMA happen
+      inside ``step()``, per group: ``global_clipnorm`` uses the norm over the
+      group's gradients.
+    - The step counter is per group: a call counts for a group when at least one
+      of its parameters has a gradient. Parameters without a gradient are skipped
+      silently (the EMA still covers them).
+    - With ``gradient_accumulation_steps=n`` each ``step()`` is a micro-step and
+      every ``n``-th applies the mean; call ``zero_grad()`` between micro-steps, as
+      the optimizer keeps the sum itself.
+    - There is no ``maximize``, ``foreach``, ``capturable`` or ``differentiable``.
+
+    Args:
+        params: an iterable of tensors, of ``(name, tensor)`` pairs, or of dicts
+            (parameter groups, each with ``"params"`` and any of the options below).
+            Tensors must be leaf, dense, contiguous float32/float64 CPU tensors.
+        lr, betas, eps: PyTorch's names; ``learning_rate``, ``beta_1``, ``beta_2``
+            and ``epsilon`` (Keras' names) are accepted instead, here and in group
+            dicts, and are stored under the PyTorch names (so that
+            ``torch.optim.lr_scheduler`` works). ``None`` means the default
+            (0.001, (0.9, 0.999), 1e-7). ``lr`` may also be a
+            ``numba_adamax.schedules`` schedule, called with the group's count of
+            earlier calls.
+        weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
+        ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps:
+            as in ``numba_adamax.Adamax`` and Keras, validated the same way. Group
+            values may be changed between steps (validated at the next step), except
+            ``use_ema`` and ``gradient_accumulation_steps``.
+        flat: if True, the parameters of each group are moved (values preserved)
+            into one contiguous tensor per dtype, and each ``param.data`` becomes a
+            view of it; see ``flat_buffers``.
+
+    ``state_dict()`` uses PyTorch's layout: ``"state"`` maps a parameter's index to
+    ``{"step", "exp_avg", "exp_inf"}`` (plus ``"ema"`` and ``"accumulator"`` when
+    configured), where ``step`` is a 0-d int64 tensor (the group's call count,
+    exact); ``"param_groups"`` lists each group's options with its ``"params"``
+    indices. ``load_state_dict`` checks everything before changing anything.
+    ``optimizer.state[p]`` holds live views of the same slots.
+    """
+
+    def __init__(self, params, lr=None, betas=None, eps=None, weight_decay=None,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
+                 ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
+                 gradient_accumulation_steps=None, *, learning_rate=None, beta_1=None,
+                 beta_2=None, epsilon=None, flat=False):
+        named = dict(lr=lr, betas=betas, eps=eps, learning_rate=learning_rate,
+                     beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+        settings = {key: value for key, value in named.items() if value is not None}
+        settings.update(
+            weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps)
+        defaults = options.canonical(settings, options.DEFAULTS, "Adamax")
+        options.hyperparameters(defaults, "Adamax")
+        if not isinstance(flat, (bool, np.bool_)):
+            raise ValueError(f"Argument `flat` must be a bool. Received: flat={flat!r}")
+        self._flat = bool(flat)
+        self._bindings = []
+        self.defaults = defaults
+        # Check every group before the base class adds (and, flat, moves) any of them.
+        checked = []
+        for i, group in enumerate(_as_groups(params)):
+            checked.append(self._checked_group(group, i, checked)[0])
+        super().__init__(checked, defaults)
+
+    # ------------------------------------------------------------ groups
+
+    def _checked_group(self, param_group, index, existing):
+        """Validate ``param_group`` against the groups ``existing``; mutates nothing.
+
+        Returns ``(group, hyperparameters)``: a new dict with the parameters as a
+        list (names split off into ``"param_names"``), PyTorch option names and
+        defaults filled in, and the group's validated, unlocked ``Hyperparameters``.
+        """
+        label = f"param_groups[{index}]"
+        if not isinstance(param_group, dict):
+            raise TypeError(f"a parameter group must be a dict, got {type(param_group).__name__}.")
+        if "params" not in param_group:
+            raise ValueError(f"{label} has no 'params' key.")
+        group = {key: value for key, value in param_group.items() if key != "params"}
+        params = param_group["params"]
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif isinstance(params, (set, frozenset)):
+            raise TypeError(f"{label}['params'] is a set; give an ordered collection such as "
+                            "a list, so that the order is the same in every run.")
+        else:
+            params = list(params)
+        if params and all(isinstance(p, tuple) for p in params):
+            if not all(len(p) == 2 for p in params):
+                raise ValueError(f"{label}['params'] must hold tensors or (name, tensor) pairs.")
+            group["param_names"] = [name for name, _ in params]
+            params = [p for _, p in params]
+        elif any(isinstance(p, tuple) for p in params):
+            raise ValueError(f"{label}: all parameters must be given with names or all "
+                             "without names.")
+        if "param_names" in group:
+            names = list(group["param_names"])
+            if len(names) != len(params):
+                raise ValueError(f"{label} has {len(names)} param_names for "
+                                 f"{len(params)} parameters.")
+            if len({str(name) for name in names}) != len(names):
+                raise ValueError(f"{label} has repeated param_names: {names}.")
+        for k, p in enumerate(params):
+            checks.parameter(p, _label(group, index, k))
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError(f"{label} holds the same parameter more than once.")
+        taken = {id(p) for other in existing for p in other["params"]}
+        if any(id(p) in taken for p in params):
+            raise ValueError("some parameters appear in more than one parameter group.")
+        if existing and ("param_names" in existing[0]) != ("param_names" in group):
+            raise ValueError("all parameter groups must be given with names or all without.")
+        group = options.canonical(group, self.defaults, label)
+        hyperparameters = options.hyperparameters(group, label)
+        ordered = {"params": params, **{key: group[key] for key in options.DEFAULTS}}
+        ordered.update((key, value) for key, value in group.items() if key not in ordered)
+        return ordered, hyperparameters
+
+    def add_param_group(self, param_group):
+        """Add a parameter group (a dict with ``"params"`` and options; missing options
+        take the constructor's values). Everything is validated before the group is
+        added; in flat mode its parameters then move into the group's buffers.
+        ``param_group`` itself is not modified."""
+        index = len(self.param_groups)
+        group, hyperparameters = self._checked_group(param_group, index, self.param_groups)
+        params = group["params"]
+        binding = _Binding()
+        binding.params = list(params)
+        binding.flat_buffers, views = _flat_views(params) if self._flat else ({}, params)
+        arrays = [v.detach().numpy() for v in views]
+        names = [_label(group, index, k) for k in range(len(params))]
+        binding.state = _state.create(arrays, names, hyperparameters) if arrays else None
+        binding.key = options.key(group)
+        binding.step = torch.zeros((), dtype=torch.int64)
+        # Nothing above changed the parameters; from here on the group is committed.
+        if self._flat:
+            for p, view in zip(params, views):
+                p.data = view
+        hyperparameters.lock()
+        binding.pointers = [p.data_ptr() for p in params]
+        self.param_groups.append(group)
+        self._bindings.append(binding)
+        if binding.state is not None:
+            self._publish(binding)
+
+    def _publish(self, binding):
+        """Point ``self.state[p]`` at live tensor views of ``binding``'s slots."""
+        state = binding.state
+        for k, p in enumerate(binding.params):
+            entry = {"step": binding.step}
+            for key, slot in SLOT_KEYS.items():
+                if slot in state.slot_names():
+                    entry[key] = torch.from_numpy(state.slot(k, slot))
+            self.state[p] = entry
+
+    @property
+    def flat_buffers(self):
+        """Per group, a dict dtype -> the contiguous tensor that holds the group's
+        parameters of that dtype (empty dicts unless ``flat=True``)."""
+        return [dict(binding.flat_buffers) for binding in self._bindings]
+
+    # ------------------------------------------------------------ stepping
+
+    def step(self, closure=None):
+        """Apply one optimizer call to every group that has at least one gradient.
+
+        ``closure``, if given, is called first under ``torch.enable_grad()`` and its
+        result is returned. Parameters, gradients and group options are all
+        checked before the first parameter or slot changes. Mutates the parameters
+        (in place), the slots and the step counters.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if len(self.param_groups) != len(self._bindings):
+            raise ValueError("param_groups changed outside add_param_group; add groups "
+                             "with optimizer.add_param_group(...).")
+        calls = []
+        for index, (group, binding) in enumerate(zip(self.param_groups, self._bindings)):
+            if _params_changed(group, binding):
+                raise ValueError(f"param_groups[{index}]['params'] changed after the group "
+                                 "was added; build a new optimizer instead.")
+            if binding.state is None:
+                continue
+            hyperparameters, key = self._hyperparameters(index, group, binding)
+            grads = []
+            for k, p in enumerate(binding.params):
+                label = _label(group, index, k)
+                if p.data_ptr() != binding.pointers[k]:
+                    raise ValueError(
+                        f"{label} no longer uses the memory the optimizer was built on "
+                        "(was `.data` reassigned, or the model moved or cast?). Build the "
+                        "optimizer after moving the model.")
+                grads.append(checks.gradient(p, label))
+            if all(g is None for g in grads):
+                continue
+            lr = _core.prepare_call(binding.state, grads, in_call=(),
+                                    hyperparameters=hyperparameters)
+            calls.append((binding, hyperparameters, key, grads, lr))
+        for binding, hyperparameters, key, grads, lr in calls:
+            if hyperparameters is not binding.state.hyperparameters:
+                hyperparameters.lock()
+                binding.state.hyperparameters = hyperparameters
+                binding.key = key
+            _core.commit(binding.state, grads, lr)
+            binding.step.fill_(binding.state.raw_steps)
+            # The kernels write through NumPy; tell autograd the parameters changed.
+            for p in binding.params:
+                torch.autograd.graph.increment_version(p)
+        return loss
+
+    def _hyperparameters(self, index, group, binding):
+        """The settings a group's next step runs with, and their ``key``: the state's
+        own when the group's options did not change, else newly validated ones.
+        Raises if they are invalid or would change which slots exist."""
+        key = options.key(group)
+        current = binding.state.hyperparameters
+        if key is not None and _same(key, binding.key):
+            return current, key
+        label = f"param_groups[{index}]"
+        hyperparameters = options.hyperparameters(group, label)
+        for field in STRUCTURAL:
+            if getattr(hyperparameters, field) != getattr(current, field):
+                raise ValueError(f"{label}: `{field}` cannot change after the group was "
+                                 "added: it decides which slots exist.")
+        return hyperparameters, key
+
+    # ------------------------------------------------------------ state dict
+
+    def state_dict(self):
+        """The optimizer state in PyTorch's layout (see the class docstring).
+
+        Tensors are copies, so the result does not change with later steps. Hooks
+        registered with ``register_state_dict_pre_hook`` / ``_post_hook`` run as in
+        PyTorch.
+        """
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        state, groups, start = {}, [], 0
+        for group, binding in zip(self.param_groups, self._bindings):
+            packed = {key: value for key, value in group.items() if key != "params"}
+            if "param_names" in packed:
+                packed["param_names"] = list(packed["param_names"])
+            packed["params"] = list(range(start, start + len(binding.params)))
+            for k in range(len(binding.params)):
+                entry = {"step": binding.step.clone()}
+                for key, slot in SLOT_KEYS.items():
+                    if slot in binding.state.slot_names():
+                        entry[key] = torch.from_numpy(binding.state.slot(k, slot).copy())
+                state[start + k] = entry
+            groups.append(packed)
+            start += len(binding.params)
+        result = {"state": state, "param_groups": groups}
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            returned = hook(self, result)
+            result = result if returned is None else returned
+        return result
+
+    def load_state_dict(self, state_dict):
+        """Load ``state_dict()`` output: group options, step counters and every slot.
+
+        Parameters are matched by position, as in PyTorch. Counts, option values,
+        keys, shapes, dtypes and step counters are all checked (``TypeError`` /
+        ``ValueError`` naming the entry) before anything changes. Slot tensors may
+        be on any device; they are copied. Hooks registered with
+        ``register_load_state_dict_pre_hook`` / ``_post_hook`` run as in PyTorch.
+        """
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            returned = hook(self, state_dict)
+            state_dict = state_dict if returned is None else returned
+        loaded = _checked_state_dict(state_dict, self.param_groups, self._bindings)
+        states = []
+        for (group, hyperparameters, entries, steps), binding in zip(loaded, self._bindings):
+            state = None
+            if binding.params:
+                state = _state.create(list(binding.state.params), list(binding.state.names),
+                                      hyperparameters)
+                for k, entry in enumerate(entries):
+                    for key, slot in SLOT_KEYS.items():
+                        if key in entry:
+                            state.slot(k, slot)[...] = entry[key].detach().cpu().numpy()
+                state.raw_steps = steps
+            states.append(state)
+        # Everything is checked and built; commit.
+        for index, ((group, hyperparameters, _, steps), state) in enumerate(zip(loaded, states)):
+            binding = self._bindings[index]
+            hyperparameters.lock()
+            binding.state = state
+            binding.key = options.key(group)
+            binding.step.fill_(steps)
+            self.param_groups[index] = group
+            if state is not None:
+                self._publish(binding)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def __getstate__(self):
+        raise TypeError("numba_adamax.integrations.torch.Adamax cannot be pickled or "
+                        "deep-copied: its slots are NumPy views bound to the parameters. "
+                        "Save optimizer.state_dict() and load it into a new optimizer.")
+
+
+def _as_groups(params):
+    """``params`` as a list of group dicts (PyTorch's rules)."""
+    if isinstance(params, torch.Tensor):
+        raise TypeError("params must be an iterable of tensors or dicts, got a single "
+                        "tensor; wrap it in a list.")
+    groups = list(params)
+    if not groups:
+        raise ValueError("optimizer got an empty parameter list.")
+    if not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    return groups
+
+
+def _label(group, index, k):
+    """How messages name parameter ``k`` of group ``index``."""
+    if "param_names" in group:
+        return f"parameter {group['param_names'][k]!r}"
+    return f"param_groups[{index}]['params'][{k}]"
+
+
+def _same(a, b):
+    """Whether two ``_torch_options.key`` snapshots are equal (type-strict)."""
+    return b is not None and len(a) == len(b) and all(
+        x is y or (type(x) is type(y) and x == y) for x, y in zip(a, b))
+
+
+def _params_changed(group, binding):
+    params = group["params"]
+    return len(params) != len(binding.params) or any(
+        p is not q for p, q in zip(params, binding.params))
+
+
+def _flat_views(params):
+    """One zeroed contiguous tensor per dtype and, per parameter, a view of it that
+    holds a copy of the parameter's values. Returns ``(buffers, views)``; the
+    parameters themselves are not touched. Views start at multiples of
+    ``_layout.ALIGNMENT`` elements, like the slot buffers."""
+    by_dtype = {}
+    for k, p in enumerate(params):
+        by_dtype.setdefault(p.dtype, []).append(k)
+    buffers, views = {}, [None] * len(params)
+    for dtype, members in by_dtype.items():
+        offsets, total = aligned_offsets(params[k].numel() for k in members)
+        buffer = torch.zeros(total, dtype=dtype)
+        for k, offset in zip(members, offsets):
+            view = buffer[offset:offset + params[k].numel()].view(params[k].shape)
+            view.copy_(params[k].detach())
+            views[k] = view
+        buffers[dtype] = buffer
+    return buffers, views
+
+
+def _checked_state_dict(state_dict, param_groups, bindings):
+    """Validate a state dict against the optimizer's groups; mutates nothing.
+
+    Returns, per group, ``(group, hyperparameters, entries, steps)``: the new group
+    dict (loaded options, current ``params``/``param_names``), its validated
+    settings, the per-parameter state entries and the group's step count.
+    """
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}.")
+    missing = [key for key in ("state", "param_groups") if key not in state_dict]
+    if missing:
+        raise ValueError(f"state_dict lacks the key(s) {missing}.")
+    saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(saved_groups, (list, tuple)):
+        raise TypeError("state_dict['param_groups'] must be a list.")
+    if not isinstance(saved_state, dict):
+        raise TypeError("state_dict['state'] must be a dict.")
+    if len(saved_groups) != len(param_groups):
+        raise ValueError(f"state_dict has {len(saved_groups)} parameter groups; this "
+                         f"optimizer has {len(param_groups)}.")
+    loaded, used = [], set()
+    for index, (saved, group, binding) in enumerate(zip(saved_groups, param_groups, bindings)):
+        label = f"state_dict['param_groups'][{index}]"
+        if not isinstance(saved, dict) or "params" not in saved:
+            raise TypeError(f"{label} must be a dict with a 'params' list.")
+        ids = saved["params"]
+        if not isinstance(ids, (list, tuple)):
+            raise TypeError(f"{label}['params'] must be a list of parameter indices.")
+        if len(ids) != len(binding.params):
+            raise ValueError(f"{label} has {len(ids)} parameters; group {index} of this "
+                             f"optimizer has {len(binding.params)}.")
+        new_group = {key: value for key, value in saved.items()
+                     if key not in ("params", "param_names")}
+        hyperparameters = options.hyperparameters(new_group, label)
+        new_group["betas"] = tuple(new_group["betas"])
+        new_group["params"] = group["params"]
+        if "param_names" in group:
+            new_group["param_names"] = group["param_names"]
+        wanted = {"step"} | {key for key, slot in SLOT_KEYS.items()
+                             if slot in _state.slot_names(
+                                 hyperparameters.use_ema,
+                                 hyperparameters.gradient_accumulation_steps is not None)}
+        entries, steps = [], set()
+        for k, pid in enumerate(ids):
+            where = f"state_dict['state'][{pid!r}]"
+            if not isinstance(pid, int) or isinstance(pid, bool):
+                raise TypeError(f"{label}['params'] holds {pid!r}; expected int indices.")
+            if pid in used:
+                raise ValueError(f"parameter index {pid} appears in more than one place.")
+            used.add(pid)
+            if pid not in saved_state:
+                raise ValueError(f"{where} is missing.")
+            entry = saved_state[pid]
+            if not isinstance(entry, dict):
+                raise TypeError(f"{where} must be a dict.")
+            if set(entry) != wanted:
+                raise ValueError(f"{where} has keys {sorted(entry)}; with these options "
+                                 f"expected {sorted(wanted)}.")
+            steps.add(checks.step_count(entry["step"], f"{where}['step']"))
+            for key in wanted - {"step"}:
+                checks.slot_tensor(entry[key], binding.params[k], f"{where}[{key!r}]")
+            entries.append(entry)
+        if len(steps) > 1:
+            raise ValueError(f"the parameters of {label} have different steps "
+                             f"{sorted(steps)}; a group shares one step counter.")
+        loaded.append((new_group, hyperparameters, entries, steps.pop() if steps else 0))
+    unknown = [pid for pid in saved_state if pid not in used]
+    if unknown:
+        raise ValueError(f"state_dict['state'] has entries {unknown} that no group lists.")
+    return loaded
