@@ -10,9 +10,11 @@ import warnings
 
 import numpy as np
 
+from . import _sparse
 from . import _state
 from . import _validation as check
 from ._hyperparameters import Hyperparameters
+from ._indexed_slices import IndexedSlices
 
 _backend = None
 
@@ -106,7 +108,10 @@ def prepare_call(state, grads, in_call=None):
     if all(g is None for g in grads):
         raise ValueError("No gradients provided for any variable.")
     for i, g in enumerate(grads):
-        if g is not None:
+        if isinstance(g, IndexedSlices):  # sparse gradient
+            check.sparse_gradient(g, state.params[i],
+                                  f"gradient for variable {state.names[i]!r}")
+        elif g is not None:
             check.gradient(g, state.params[i], f"gradient for variable {state.names[i]!r}")
     lr = None
     if _is_update_step(state):
@@ -140,11 +145,13 @@ def run_step(state, grads, lr):
     overwrite = bool(hp.use_ema and hp.ema_overwrite_frequency
                      and (iterations + 1) % hp.ema_overwrite_frequency == 0)
     loss_scale = hp.loss_scale_factor or 1.0
+    # --- sparse gradients: deduplicated (and accumulated) by _sparse; {i: _sparse.Rows}
+    sparse = _sparse.prepare(state, grads, lr is not None, loss_scale, threshold)
 
     if lr is None:  # accumulation micro-step
         for i, g in enumerate(grads):
             group, w, m, u, e, a = state.flat[i]
-            if g is not None:
+            if g is not None and i not in sparse:
                 kernels.accumulate(w.size >= threshold, w, g.reshape(-1), e, a, loss_scale,
                                    ema_momentum, overwrite)
             elif e is not None:
@@ -153,7 +160,7 @@ def run_step(state, grads, lr):
         return
 
     steps = float(hp.gradient_accumulation_steps or 1)
-    clip = _clip_factors(state, grads, hp, loss_scale, steps, threshold)
+    clip = _clip_factors(state, grads, hp, loss_scale, steps, threshold, sparse)
     shared_clip = (1.0, 1.0, hp.clipvalue) if hp.clipvalue else _NO_CLIP
     weight_decay = hp.weight_decay
     t = iterations + 1
@@ -170,6 +177,13 @@ def run_step(state, grads, lr):
             continue
         clip_scale, clip_divisor, clip_value = shared_clip if clip is None else clip[i]
         has_wd = weight_decay is not None and state.weight_decay_mask[i]
+        if i in sparse:  # --- sparse gradient: lazy row update, then the whole-variable EMA
+            _sparse.update(sparse[i], state.flat[i], threshold, loss_scale, steps, clip_scale,
+                           clip_divisor, clip_value, lr, has_wd, weight_decay or 0.0,
+                           1.0 - hp.beta_1, hp.beta_2, hp.epsilon, bias[group.dtype])
+            if e is not None:
+                kernels.ema(w.size >= threshold, w, e, ema_momentum, overwrite)
+            continue
         kernels.update(w.size >= threshold, w, g.reshape(-1), m, u, e, a, loss_scale, steps,
                        clip_scale, clip_divisor, clip_value, lr, has_wd, weight_decay or 0.0,
                        1.0 - hp.beta_1, hp.beta_2, hp.epsilon, bias[group.dtype],
@@ -180,7 +194,7 @@ def run_step(state, grads, lr):
 _NO_CLIP = (1.0, 1.0, math.inf)
 
 
-def _clip_factors(state, grads, hp, loss_scale, steps, threshold):
+def _clip_factors(state, grads, hp, loss_scale, steps, threshold, sparse):
     """Per-variable ``(clip_scale, clip_divisor, clip_value)`` for ``_math.clip_gradient``
     when clipping by norm; ``None`` otherwise (the factors are then the same for all).
 
@@ -188,7 +202,8 @@ def _clip_factors(state, grads, hp, loss_scale, steps, threshold):
     ``global_clipnorm`` (every gradient times ``c * min(1/N, 1/c) + (N - N)``, NaN
     when N is not finite), then ``clipvalue``. Norms are of the effective gradient
     (unscaled, accumulated mean), summed in float64 and finished in each variable's
-    dtype. Costs one reduction pass when clipping by norm.
+    dtype. Costs one reduction pass when clipping by norm. ``sparse`` maps the
+    variables with a sparse gradient to their rows (``_sparse.prepare``).
     """
     c = hp.clipnorm or hp.global_clipnorm
     if not c:
@@ -196,6 +211,10 @@ def _clip_factors(state, grads, hp, loss_scale, steps, threshold):
     present = [i for i, g in enumerate(grads) if g is not None]
     sums = {}
     for i in present:
+        if i in sparse:  # --- sparse gradient: the norm of its equivalent dense gradient
+            sums[i] = _sparse.sum_of_squares(sparse[i], state.flat[i], loss_scale, steps,
+                                             threshold)
+            continue
         g, a = grads[i], state.flat[i][5]
         sums[i] = _kernels().sum_of_squares(g.size >= threshold, g.reshape(-1), a,
                                             loss_scale, steps)

@@ -64,6 +64,10 @@ class AdamaxState:
         accumulators: per-variable gradient accumulators (empty tuple unless
             ``gradient_accumulation_steps``).
         weight_decay_mask: list of bools, True where weight decay applies.
+        touched_rows: per-variable bool arrays over axis 0: the rows a gradient
+            touched since the last update (empty tuple unless
+            ``gradient_accumulation_steps``). The next update of a variable with a
+            sparse gradient covers these rows.
         groups: tuple of ``SlotGroup``, one per dtype, owning the flat buffers.
 
     Derived counters: ``iterations`` (Keras' property: ``raw_steps``, or
@@ -96,6 +100,9 @@ class AdamaxState:
         self.u = tuple(self._shaped(i, 3) for i in range(n))
         self.ema = tuple(self._shaped(i, 4) for i in range(n)) if use_ema else ()
         self.accumulators = tuple(self._shaped(i, 5) for i in range(n)) if use_acc else ()
+        # Rows touched since the last update (sparse gradients under accumulation; see _sparse).
+        self.touched_rows = (tuple(np.zeros(p.shape[0] if p.ndim else 1, bool)
+                                   for p in self.params) if use_acc else ())
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.name_index = {name: i for i, name in enumerate(self.names)}
 
