@@ -15,6 +15,8 @@
   rows, and the bias correction uses the global step. The EMA, which covers the
   whole variable, stays with ``_core``.
 """
+import math
+
 import numpy as np
 
 from ._indexed_slices import IndexedSlices
@@ -54,7 +56,7 @@ def deduplicate(slices, threshold):
     """
     indices = np.ascontiguousarray(slices.indices, dtype=np.int64)
     values = slices.values
-    values = values.reshape(indices.size, int(np.prod(values.shape[1:], dtype=np.int64)))
+    values = values.reshape(indices.size, math.prod(values.shape[1:]))
     return _kernels().deduplicate(values.size >= threshold, indices, values)
 
 
