@@ -4,6 +4,8 @@
 (update or accumulate), the learning rate, the bias correction and the clip factors
 in Python, then makes one norm pass (only when clipping by norm) and one fused pass
 per variable (``_cpu``'s ``update``, ``accumulate`` or ``ema`` kernel). The ``Adamax`` class and ``step`` both end here.
+A variable with an ``IndexedSlices`` gradient takes the lazy row update of ``_sparse``
+instead of the dense pass.
 """
 import math
 import warnings
@@ -56,7 +58,7 @@ def step(params, grads, state):
 
     ``params`` must be the structure given to ``init`` (the same arrays, in the same
     order or with the same keys); ``grads`` the same structure of arrays, with
-    ``None`` for a variable without a gradient. Everything is validated before the
+    ``None`` for a variable without a gradient and ``IndexedSlices`` for a sparse one. Everything is validated before the
     first write. Returns ``state`` (the same object).
     """
     if isinstance(params, dict):

@@ -422,6 +422,42 @@ def test_deduplicate_without_repeats_returns_the_values():
     assert summed is values
 
 
+def test_element_body_with_flat_indices_matches_the_row_loops():
+    """The per-element bodies take the gradient index k and the variable index i apart (as a
+    GPU thread would); a flat loop over (k, i) gives the bits of the CPU row loops."""
+    from numba import njit
+
+    from numba_adamax import _math, _sparse_cpu
+
+    body = _math.compile_for(njit(inline="always", error_model="numpy")).sparse_update_at
+
+    @njit(error_model="numpy")
+    def flat_update(rows, row_size, w, g, m, u, a, scalars):
+        ls, st, cs, cd, cv, lr, wd, omb1, b2, eps, bc = scalars
+        for k in range(rows.size * row_size):
+            i = rows[k // row_size] * row_size + k % row_size
+            body(k, i, w, g, m, u, a, ls, st, cs, cd, cv, lr, True, wd, omb1, b2, eps, bc)
+
+    rng = np.random.default_rng(4)
+    rows, row_size = np.array([7, 2, 9, 0]), 3
+    w, m, u = (rng.standard_normal(30) for _ in range(3))
+    u = np.abs(u)
+    g = rng.standard_normal(rows.size * row_size)
+    scalars = (2.0, 1.0, 0.5, 1.5, 0.4, 0.05, 0.1, 0.1, 0.999, 1e-7, 0.3)
+    original = w.copy()
+    expected = [x.copy() for x in (w, m, u)]
+    ls, st, cs, cd, cv, lr, wd, omb1, b2, eps, bc = scalars
+    _sparse_cpu.update_rows(False, rows, row_size, *expected[:1], g, *expected[1:], None, ls, st,
+                            cs, cd, cv, lr, True, wd, omb1, b2, eps, bc)
+    flat_update(rows, row_size, w, g, m, u, None, scalars)
+    for got, want in zip((w, m, u), expected):
+        np.testing.assert_array_equal(got, want)
+    touched = (rows[:, None] * row_size + np.arange(row_size)).ravel()
+    untouched = np.setdiff1d(np.arange(30), touched)
+    assert np.all(w[touched] != original[touched])
+    np.testing.assert_array_equal(w[untouched], original[untouched])
+
+
 def test_repeated_sparse_steps_add_no_signatures():
     from numba_adamax import _sparse_cpu
     w = np.zeros((10, 4), np.float32)
