@@ -5,16 +5,21 @@
 in Python, then makes one norm pass (only when clipping by norm) and one fused pass
 (``_cpu``'s ``update`` or ``accumulate`` kernel) per dtype group of variables. The
 ``Adamax`` class and ``step`` both end here.
+A variable with an ``IndexedSlices`` gradient takes the lazy row update of
+``_sparse`` before the dense pass, which then only moves its EMA.
 """
+import math
 import warnings
 
 import numpy as np
 
+from . import _sparse
 from . import _state
 from . import _validation as check
 from ._addresses import gradient_table
 from ._flat_buffer import FlatBuffer
 from ._hyperparameters import Hyperparameters
+from ._indexed_slices import IndexedSlices
 
 _backend = None
 
@@ -56,9 +61,10 @@ def step(params, grads, state):
 
     ``params`` must be the structure given to ``init`` (the same arrays, in the same
     order or with the same keys, or the same ``FlatBuffer``); ``grads`` the same
-    structure of arrays, with ``None`` for a variable without a gradient, or a
-    ``FlatBuffer`` laid out like the variables' (checked in O(1)). Everything is
-    validated before the first write. Returns ``state`` (the same object).
+    structure of arrays, with ``None`` for a variable without a gradient and
+    ``IndexedSlices`` for a sparse one, or a ``FlatBuffer`` laid out like the
+    variables' (checked in O(1)). Everything is validated before the first write.
+    Returns ``state`` (the same object).
     """
     if isinstance(params, FlatBuffer):
         if params is not state.buffer:
@@ -132,7 +138,10 @@ def prepare_call(state, grads, in_call=None, hyperparameters=None):
         if all(g is None for g in grads):
             raise ValueError("No gradients provided for any variable.")
         for i, g in enumerate(grads):
-            if g is not None:
+            if isinstance(g, IndexedSlices):  # sparse gradient
+                check.sparse_gradient(g, state.params[i],
+                                      f"gradient for variable {state.names[i]!r}")
+            elif g is not None:
                 check.gradient(g, state.params[i], f"gradient for variable {state.names[i]!r}")
     hp = state.hyperparameters if hyperparameters is None else hyperparameters
     lr = None if screen_nonfinite(state, grads, hp.nonfinite) else SKIPPED
@@ -215,7 +224,11 @@ def run_step(state, grads, lr):
     overwrite = bool(hp.use_ema and hp.ema_overwrite_frequency
                      and (iterations + 1) % hp.ema_overwrite_frequency == 0)
     loss_scale = hp.loss_scale_factor
-    calls = [(group, group.total >= threshold, *_gradient_refs(group, grads))
+    # --- sparse gradients: deduplicated (and accumulated) by _sparse; {i: _sparse.Rows}.
+    # The dense kernels then see them as absent: only the EMA (and reset) of the rows.
+    sparse = _sparse.prepare(state, grads, lr is not None, loss_scale or 1.0, threshold)
+    dense = [None if i in sparse else g for i, g in enumerate(grads)] if sparse else grads
+    calls = [(group, group.total >= threshold, *_gradient_refs(group, dense))
              for group in state.groups]
 
     if lr is None:  # accumulation micro-step
@@ -226,18 +239,40 @@ def run_step(state, grads, lr):
         return
 
     steps = float(hp.gradient_accumulation_steps or 1)
-    clip_tables = _clip_tables(kernels, calls, hp, loss_scale, steps)
+    clip_tables = _clip_tables(kernels, calls, hp, loss_scale, steps, state, sparse)
     clip = (1.0, 1.0, hp.clipvalue) if hp.clipvalue else None
     t = iterations + 1
+    if sparse:  # --- sparse gradients: lazy row updates, before the dense pass's EMA
+        _update_sparse(state, sparse, hp, clip, clip_tables, steps, lr, t, threshold)
     for group, parallel, refs, deref in calls:
-        dt = group.dtype.type
-        bias_correction = float(dt(1) - dt(hp.beta_1) ** dt(t))
+        bias_correction = _bias_correction(group.dtype, hp.beta_1, t)
         kernels.update(parallel, group.chunks, group.table, refs, deref, clip,
                        clip_tables.get(group.dtype), group.m, group.u, group.ema,
                        group.accumulator, loss_scale, steps, lr, hp.weight_decay or 0.0,
                        1.0 - hp.beta_1, hp.beta_2, hp.epsilon, bias_correction,
                        ema_momentum, overwrite)
     state.raw_steps += 1
+
+
+def _bias_correction(dtype, beta_1, t):
+    """``1 - beta_1**t`` computed in ``dtype`` (as Keras does), as a Python float."""
+    dt = dtype.type
+    return float(dt(1) - dt(beta_1) ** dt(t))
+
+
+def _update_sparse(state, sparse, hp, clip, clip_tables, steps, lr, t, threshold):
+    """The lazy row updates of the variables in ``sparse`` (``{i: _sparse.Rows}``),
+    with the clip factors the dense pass would use; mutates their touched rows."""
+    for i, rows in sparse.items():
+        group, k = state.group_of(i)
+        if group.dtype in clip_tables:
+            clip_triple = (*clip_tables[group.dtype][k], math.inf)
+        else:
+            clip_triple = clip or (1.0, 1.0, math.inf)
+        has_wd = hp.weight_decay is not None and state.weight_decay_mask[i]
+        _sparse.update(rows, state.flat[i], threshold, hp.loss_scale_factor or 1.0, steps,
+                       *clip_triple, lr, has_wd, hp.weight_decay or 0.0, 1.0 - hp.beta_1,
+                       hp.beta_2, hp.epsilon, _bias_correction(group.dtype, hp.beta_1, t))
 
 
 def _gradient_refs(group, grads):
@@ -248,7 +283,7 @@ def _gradient_refs(group, grads):
     return group.gradient_refs, gradient_table(mine, group.gradient_refs)
 
 
-def _clip_tables(kernels, calls, hp, loss_scale, steps):
+def _clip_tables(kernels, calls, hp, loss_scale, steps, state, sparse):
     """Per group dtype, the ``(clip_scale, clip_divisor)`` of each variable when
     clipping by norm; empty otherwise.
 
@@ -256,7 +291,9 @@ def _clip_tables(kernels, calls, hp, loss_scale, steps):
     ``global_clipnorm`` (every gradient times ``c * min(1/N, 1/c) + (N - N)``, NaN
     when N is not finite), then ``clipvalue``. Norms are of the effective gradient
     (unscaled, accumulated mean), summed in float64 and finished in each variable's
-    dtype. Costs one reduction pass per group when clipping by norm.
+    dtype. Costs one reduction pass per group when clipping by norm. ``sparse``
+    maps the variables with a sparse gradient to their rows (``_sparse.prepare``);
+    their norm is that of the equivalent dense gradient.
     """
     c = hp.clipnorm or hp.global_clipnorm
     if not c:
@@ -265,6 +302,10 @@ def _clip_tables(kernels, calls, hp, loss_scale, steps):
                                                 deref, group.m, group.accumulator,
                                                 loss_scale, steps)
             for group, parallel, refs, deref in calls}
+    for i, rows in sparse.items():  # --- sparse gradients
+        group, k = state.group_of(i)
+        sums[group.dtype][k] = _sparse.sum_of_squares(rows, state.flat[i], loss_scale or 1.0,
+                                                      steps, kernels.PARALLEL_THRESHOLD)
     total = sum(float(s.sum()) for s in sums.values())
     tables = {}
     with np.errstate(all="ignore"):

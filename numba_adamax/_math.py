@@ -130,8 +130,58 @@ def compile_for(decorator):
             gi = (gi + a[i]) / steps
         return gi
 
+    # Lazy sparse updates (``IndexedSlices``): ``g`` holds deduplicated gradient rows,
+    # so element ``k`` of ``g`` belongs to element ``i`` of the variable and slots. A
+    # kernel maps each ``k`` of a touched row to its ``i``; the bodies below never
+    # look at other elements, so any loop order (or one GPU thread per ``k``) works.
+
+    @decorator
+    def scatter_accumulate_at(k, i, g, a, loss_scale):
+        """``a[i] += g[k] / loss_scale``: a sparse gradient element joins the accumulator."""
+        a[i] = a[i] + g[k] / loss_scale
+
+    @decorator
+    def sparse_gradient_at(k, i, g, a, loss_scale, steps):
+        """The gradient element ``i`` sees on a lazy update, before clipping.
+
+        Exactly one of ``g`` and ``a`` is given. Without accumulation: ``g[k] /
+        loss_scale``. With accumulation (``g`` None) the call's rows were already
+        scatter-added into ``a`` (``scatter_accumulate_at``), so it is ``a[i] / steps``,
+        the same bits as the dense ``(g / loss_scale + a) / steps`` (the addition
+        commutes).
+        """
+        # Two independent tests: numba drops a branch only when its test is on a None.
+        gi = steps - steps
+        if g is not None:
+            gi = g[k] / loss_scale
+        if a is not None:
+            gi = a[i] / steps
+        return gi
+
+    @decorator
+    def sparse_update_at(k, i, w, g, m, u, a, loss_scale, steps, clip_scale, clip_divisor,
+                         clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2, epsilon,
+                         bias_correction):
+        """A lazy update of element ``i`` from gradient element ``k``; mutates ``w[i]``,
+        ``m[i]``, ``u[i]`` and resets ``a[i]`` when given.
+
+        The order of ``update_at`` without the EMA (which covers the whole variable
+        and runs as its own pass): gradient, clip, weight decay, Adamax.
+        """
+        gi = clip_gradient(sparse_gradient_at(k, i, g, a, loss_scale, steps), clip_scale,
+                           clip_divisor, clip_value)
+        if a is not None:
+            a[i] = steps - steps
+        wi = w[i]
+        if has_wd:
+            wi = wi - wi * wd * lr
+        w[i], m[i], u[i] = adamax_update(wi, gi, m[i], u[i], lr, one_minus_beta_1, beta_2,
+                                         epsilon, bias_correction)
+
     return SimpleNamespace(
         nan_max=nan_max, nan_clip=nan_clip, clip_gradient=clip_gradient,
         adamax_update=adamax_update, ema_update=ema_update, update_at=update_at,
         accumulate_at=accumulate_at, ema_at=ema_at,
-        effective_gradient_at=effective_gradient_at)
+        effective_gradient_at=effective_gradient_at,
+        scatter_accumulate_at=scatter_accumulate_at, sparse_gradient_at=sparse_gradient_at,
+        sparse_update_at=sparse_update_at)

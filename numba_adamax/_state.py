@@ -84,6 +84,10 @@ class AdamaxState:
         accumulators: per-variable gradient accumulators (empty tuple unless
             ``gradient_accumulation_steps``).
         weight_decay_mask: list of bools, True where weight decay applies.
+        touched_rows: per-variable bool arrays over axis 0: the rows a gradient
+            touched since the last update (empty tuple unless
+            ``gradient_accumulation_steps``). The next update of a variable with a
+            sparse gradient covers these rows.
         groups: tuple of ``SlotGroup``, one per dtype, owning the flat buffers.
         buffer: the ``FlatBuffer`` the variables were given as, or None.
 
@@ -113,14 +117,19 @@ class AdamaxState:
         # Per-variable (group, 1-D views) used by the kernels, and shaped views for users.
         n = len(self.params)
         self.flat = [None] * n
+        self._group_of = [None] * n
         for group in self.groups:
             for k, i in enumerate(group.indices):
+                self._group_of[i] = (group, k)
                 self.flat[i] = (group, self.params[i].reshape(-1),
                                 *(group.flat_view(s, k) for s in SLOT_NAMES))
         self.m = tuple(self._shaped(i, 2) for i in range(n))
         self.u = tuple(self._shaped(i, 3) for i in range(n))
         self.ema = tuple(self._shaped(i, 4) for i in range(n)) if use_ema else ()
         self.accumulators = tuple(self._shaped(i, 5) for i in range(n)) if use_acc else ()
+        # Rows touched since the last update (sparse gradients under accumulation; see _sparse).
+        self.touched_rows = (tuple(np.zeros(p.shape[0] if p.ndim else 1, bool)
+                                   for p in self.params) if use_acc else ())
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.name_index = {name: i for i, name in enumerate(self.names)}
 
@@ -141,6 +150,10 @@ class AdamaxState:
         return self.iterations + 1
 
     # ------------------------------------------------------------ lookup
+
+    def group_of(self, i):
+        """``(group, k)``: the ``SlotGroup`` holding variable ``i`` and its position there."""
+        return self._group_of[i]
 
     def index_of(self, variable):
         """Position of ``variable`` (matched by identity), or ValueError ``Unknown variable``."""

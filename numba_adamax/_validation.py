@@ -7,6 +7,7 @@ count. Nothing here mutates anything; callers run all checks before the first wr
 """
 import math
 import numbers
+import operator
 import re
 
 import numpy as np
@@ -189,6 +190,59 @@ def gradient(g, var, label):
         raise ValueError(f"{label} has shape {g.shape} but its variable has shape {var.shape}.")
     if not g.flags.c_contiguous:
         raise ValueError(f"{label} is not C-contiguous.")
+
+
+def sparse_gradient(g, var, label):
+    """Check an ``IndexedSlices`` gradient against its variable.
+
+    ``values``: a C-contiguous ndarray of the variable's dtype, shaped
+    ``(len(indices), *var.shape[1:])``. ``indices``: a 1-D ndarray of an integer
+    dtype, every entry in ``[0, var.shape[0])``. ``dense_shape``: None or the
+    variable's shape. Raises ``TypeError`` for a wrong kind of object or dtype and
+    ``ValueError`` for a wrong shape, layout or index.
+    """
+    values, indices, dense_shape = g.values, g.indices, g.dense_shape
+    if var.ndim == 0:
+        raise ValueError(f"{label} is an IndexedSlices, but its variable is a scalar; "
+                         "sparse gradients index axis 0.")
+    if not isinstance(values, np.ndarray):
+        raise TypeError(f"{label}: `values` must be a numpy.ndarray, got {_describe(values)}.")
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"{label}: `indices` must be a numpy.ndarray of integers, got "
+                        f"{_describe(indices)}.")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{label}: `indices` has dtype {indices.dtype}; expected an integer "
+                        "dtype.")
+    if indices.ndim != 1:
+        raise ValueError(f"{label}: `indices` must be 1-D, got shape {indices.shape}.")
+    if values.dtype != var.dtype:
+        raise TypeError(f"{label}: `values` has dtype {values.dtype} but its variable has "
+                        f"dtype {var.dtype}.")
+    expected = (indices.shape[0], *var.shape[1:])
+    if values.ndim == 0 or values.shape[0] != indices.shape[0]:
+        raise ValueError(f"{label}: `values` has shape {values.shape} but `indices` has "
+                         f"length {indices.shape[0]}; they need one row per index.")
+    if values.shape != expected:
+        raise ValueError(f"{label}: `values` has shape {values.shape}; expected {expected} "
+                         f"(one row of shape {var.shape[1:]} per index).")
+    if not values.flags.c_contiguous:
+        raise ValueError(f"{label}: `values` is not C-contiguous.")
+    if indices.size:
+        low, high = indices.min(), indices.max()
+        if low < 0 or high >= var.shape[0]:
+            bad = low if low < 0 else high
+            raise ValueError(f"{label}: `indices` contains {int(bad)}, outside [0, "
+                             f"{var.shape[0]}) (rows of the variable; negative indices are "
+                             "not accepted).")
+    if dense_shape is not None:
+        try:
+            shape = tuple(operator.index(d) for d in dense_shape)
+        except TypeError:
+            raise TypeError(f"{label}: `dense_shape` must be None or a sequence of ints, got "
+                            f"{dense_shape!r}.") from None
+        if shape != var.shape:
+            raise ValueError(f"{label}: `dense_shape` is {shape} but its variable has shape "
+                             f"{var.shape}.")
 
 
 def exclusion_pattern(var_names):

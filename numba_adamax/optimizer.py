@@ -147,7 +147,8 @@ class Adamax:
         """Apply one optimizer call: update ``variables`` and the slots in place.
 
         ``grads`` is a list/tuple (matched to ``variables`` by position) or a dict
-        (matched by name); ``None`` entries skip their variable with a warning.
+        (matched by name); ``None`` entries skip their variable with a warning, and
+        an ``IndexedSlices`` entry updates only the rows it names (lazy, as in TF 1.x).
         Without ``variables`` the optimizer must be built and ``grads`` covers every
         built variable. The first call builds. Every input is validated before
         anything (the build included) changes.

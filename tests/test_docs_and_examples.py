@@ -53,6 +53,16 @@ def test_readme_functional_snippet_learns():
     assert namespace["state"].iterations == namespace["state"].raw_steps // 2
 
 
+def test_readme_sparse_snippet_is_lazy_and_learns():
+    block = next(b for b in _readme_python_blocks() if "IndexedSlices" in b)
+    namespace = {}
+    exec(compile(block, "README sparse block", "exec"), namespace)
+    error, before, table = namespace["error"], namespace["before"], namespace["table"]
+    assert error(table) < 0.2 * error(before)
+    np.testing.assert_array_equal(table[100:], before[100:])
+    assert not namespace["opt"].get_slot(table, "u")[100:].any()
+
+
 def test_readme_commands_match_ci():
     """The README's test command and .ci/run install the same things and run the same pytest."""
     readme = (ROOT / "README.md").read_text()
@@ -81,6 +91,22 @@ def test_quickstart_script_exit_code():
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "loss" in proc.stdout
+
+
+def test_embeddings_sparse_learns():
+    result = _load_example("embeddings_sparse").main(
+        steps=60, n_items=2000, dim=16, n_groups=4, batch=256, timing_repeats=3, progress=False)
+    assert result["ok"]
+    assert result["final_accuracy"] > result["first_accuracy"] + 0.15
+    assert result["sparse_step_s"] > 0 and result["dense_step_s"] > 0
+
+
+def test_embeddings_sparse_script_exit_code():
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "embeddings_sparse.py"),
+                           "--steps", "20", "--items", "2000"], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "held-out pair accuracy after 20 steps" in proc.stdout
 
 
 def test_benchmark_numpy_baseline_matches_library():
