@@ -40,11 +40,14 @@ OBJECT_DATA_OFFSET = _measure_object_data_offset()
 
 
 def gradient_table(grads, out):
-    """Fill ``out`` (int64, one entry per gradient) with what the kernels dereference
-    for each gradient, and return the offset they must pass with it: object addresses
-    and ``OBJECT_DATA_OFFSET``, or data addresses and -1. ``None`` entries get 0."""
-    if OBJECT_DATA_OFFSET >= 0:
-        out[:] = [id(g) if g is not None else 0 for g in grads]
-    else:
-        out[:] = [data_address(g) if g is not None else 0 for g in grads]
-    return OBJECT_DATA_OFFSET
+    """What the kernels dereference for each of ``grads`` (``None`` entries: 0), and
+    the offset they must pass with it: ``(table, offset)``, object addresses with
+    ``OBJECT_DATA_OFFSET`` or data addresses with -1. A short table is written into
+    ``out`` (int64, one entry per gradient); a long one is a new array."""
+    locate = id if OBJECT_DATA_OFFSET >= 0 else data_address
+    if len(grads) <= 8:
+        for k, g in enumerate(grads):
+            out[k] = 0 if g is None else locate(g)
+        return out, OBJECT_DATA_OFFSET
+    table = np.fromiter([0 if g is None else locate(g) for g in grads], np.int64, len(grads))
+    return table, OBJECT_DATA_OFFSET

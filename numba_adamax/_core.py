@@ -134,23 +134,14 @@ def prepare_call(state, grads, in_call=None, hyperparameters=None):
     ``grads`` may also be a ``FlatBuffer`` that ``is_flat_gradient`` accepted.
     """
     flat = type(grads) is FlatBuffer
-    if not flat:
-        if all(g is None for g in grads):
-            raise ValueError("No gradients provided for any variable.")
-        for i, g in enumerate(grads):
-            if isinstance(g, IndexedSlices):  # sparse gradient
-                check.sparse_gradient(g, state.params[i],
-                                      f"gradient for variable {state.names[i]!r}")
-            elif g is not None:
-                check.gradient(g, state.params[i], f"gradient for variable {state.names[i]!r}")
+    missing = 0 if flat else check.gradients(grads, state.params, state.names)
     hp = state.hyperparameters if hyperparameters is None else hyperparameters
     lr = None if screen_nonfinite(state, grads, hp.nonfinite) else SKIPPED
     if lr is None and _is_update_step(state):
         lr = hp.learning_rate_at(state.raw_steps)
-    if flat:
-        return lr
-    missing = [state.names[i] for i in (range(len(grads)) if in_call is None else in_call)
-               if grads[i] is None]
+    if missing:
+        missing = [state.names[i] for i in (range(len(grads)) if in_call is None else in_call)
+                   if grads[i] is None]
     if missing:
         warnings.warn(f"Gradients do not exist for variables {missing} when minimizing "
                       "the loss.", UserWarning, stacklevel=4)
@@ -226,7 +217,9 @@ def run_step(state, grads, lr):
     loss_scale = hp.loss_scale_factor
     # --- sparse gradients: deduplicated (and accumulated) by _sparse; {i: _sparse.Rows}.
     # The dense kernels then see them as absent: only the EMA (and reset) of the rows.
-    sparse = _sparse.prepare(state, grads, lr is not None, loss_scale or 1.0, threshold)
+    sparse = (_sparse.prepare(state, grads, lr is not None, loss_scale or 1.0, threshold)
+              if state.touched_rows or (type(grads) is not FlatBuffer
+                                        and IndexedSlices in map(type, grads)) else {})
     dense = [None if i in sparse else g for i, g in enumerate(grads)] if sparse else grads
     calls = [(group, group.total >= threshold, *_gradient_refs(group, dense))
              for group in state.groups]
@@ -245,17 +238,17 @@ def run_step(state, grads, lr):
     if sparse:  # --- sparse gradients: lazy row updates, before the dense pass's EMA
         _update_sparse(state, sparse, hp, clip, clip_tables, steps, lr, t, threshold)
     for group, parallel, refs, deref in calls:
-        bias_correction = _bias_correction(group.dtype, hp.beta_1, t)
         kernels.update(parallel, group.chunks, group.table, refs, deref, clip,
                        clip_tables.get(group.dtype), group.m, group.u, group.ema,
                        group.accumulator, loss_scale, steps, lr, hp.weight_decay or 0.0,
-                       1.0 - hp.beta_1, hp.beta_2, hp.epsilon, bias_correction,
+                       1.0 - hp.beta_1, hp.beta_1, hp.beta_2, hp.epsilon, float(t),
                        ema_momentum, overwrite)
     state.raw_steps += 1
 
 
 def _bias_correction(dtype, beta_1, t):
-    """``1 - beta_1**t`` computed in ``dtype`` (as Keras does), as a Python float."""
+    """``1 - beta_1**t`` computed in ``dtype`` (as Keras does, and as the dense kernel
+    does), as a Python float."""
     dt = dtype.type
     return float(dt(1) - dt(beta_1) ** dt(t))
 
@@ -280,7 +273,7 @@ def _gradient_refs(group, grads):
     if type(grads) is FlatBuffer:
         return grads.addresses, -1
     mine = grads if group.covers_all else [grads[i] for i in group.indices]
-    return group.gradient_refs, gradient_table(mine, group.gradient_refs)
+    return gradient_table(mine, group.gradient_refs)
 
 
 def _clip_tables(kernels, calls, hp, loss_scale, steps, state, sparse):

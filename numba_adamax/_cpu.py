@@ -152,18 +152,19 @@ def _update_chunk(c, chunks, table, refs, deref, clip, clip_table, m, u, e, a, l
 
 @njit(**_JIT)
 def update(parallel, chunks, table, refs, deref, clip, clip_table, m, u, e, a, loss_scale,
-           steps, lr, wd, one_minus_beta_1, beta_2, epsilon, bias_correction, ema_momentum,
+           steps, lr, wd, one_minus_beta_1, beta_1, beta_2, epsilon, t, ema_momentum,
            overwrite):
     """An update step on a group: mutates its variables, ``m``, ``u`` and ``e``/``a``
     when given. Variables without a gradient (``refs[k] == 0``) only get the EMA step
     and an accumulator reset. ``clip`` is None or ``(clip_scale, clip_divisor,
     clip_value)`` for every variable; ``clip_table[k] = (clip_scale, clip_divisor)``
-    per variable replaces it when given. ``loss_scale`` is None when off. See
+    per variable replaces it when given. ``loss_scale`` is None when off. The bias
+    correction ``1 - beta_1**t`` is computed here in the dtype, as Keras does. See
     ``_math.update_at``."""
     ls, st, cl = cast_like(loss_scale, m), cast_like(steps, m), cast_like(clip, m)
     lr_, wd_ = cast_like(lr, m), cast_like(wd, m)
-    omb1, b2 = cast_like(one_minus_beta_1, m), cast_like(beta_2, m)
-    eps, bc = cast_like(epsilon, m), cast_like(bias_correction, m)
+    omb1, b2, eps = cast_like(one_minus_beta_1, m), cast_like(beta_2, m), cast_like(epsilon, m)
+    bc = cast_like(1.0, m) - cast_like(beta_1, m) ** cast_like(t, m)
     mom, omm = _ema_coefficients(ema_momentum, m)
     if parallel:
         for c in prange(chunks.shape[0]):

@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from ._indexed_slices import IndexedSlices
+
 #: dtypes the CPU kernels accept for variables and gradients.
 CPU_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -177,6 +179,30 @@ def variable(x, label):
                          "and keep that array as the variable.")
     if not x.flags.writeable:
         raise ValueError(f"{label} is read-only; the optimizer updates variables in place.")
+
+
+def gradients(grads, params, names):
+    """Check a call's gradients (one per variable; ``None`` allowed, ``IndexedSlices``
+    for a sparse one) against ``params``; see ``gradient`` and ``sparse_gradient``.
+    The common case (a plain C-contiguous array of the right dtype and shape) costs
+    a few attribute reads; the detailed checks run only for the rest. Returns the
+    number of ``None`` entries; raises ``ValueError`` when every entry is ``None``."""
+    missing = 0
+    for g, var, name in zip(grads, params, names):
+        if g is None:
+            missing += 1
+            continue
+        if type(g) is np.ndarray and g.dtype is var.dtype and g.shape == var.shape \
+                and g.flags.c_contiguous:
+            continue
+        label = f"gradient for variable {name!r}"
+        if isinstance(g, IndexedSlices):
+            sparse_gradient(g, var, label)
+        else:
+            gradient(g, var, label)
+    if missing == len(grads):
+        raise ValueError("No gradients provided for any variable.")
+    return missing
 
 
 def gradient(g, var, label):

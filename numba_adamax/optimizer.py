@@ -1,4 +1,6 @@
 """The ``Adamax`` class: Keras 3's optimizer interface over the functional core."""
+import operator
+
 import numpy as np
 
 from . import _checkpoint
@@ -190,6 +192,10 @@ class Adamax:
         fresh = state is None
         if fresh:
             state = self._new_state(variables, names)
+        if not fresh and len(variables) == len(state.params) and all(
+                map(operator.is_, variables, state.params)):
+            _core.apply_indexed(state, grads)  # the built variables, in order
+            return
         indices = [state.index_of(v) for v in variables]
         if len(set(indices)) != len(indices):
             raise ValueError("The same variable appears more than once in `variables`.")
