@@ -29,8 +29,9 @@ def json_config(hyperparameters):
 
 def state_dict(state):
     """A snapshot of ``state``: format version, JSON config, counters, variable names,
-    shapes and dtypes, and a NumPy copy of every slot in ``variables`` order (EMA
-    averages, accumulators, then m0, u0, m1, u1, ...). Mutates nothing."""
+    shapes and dtypes, a NumPy copy of every slot in ``variables`` order (EMA
+    averages, accumulators, then m0, u0, m1, u1, ...), and the rows sparse gradients
+    touched in the open accumulation window. Mutates nothing."""
     return {
         "format_version": check.STATE_FORMAT_VERSION,
         "config": json_config(state.hyperparameters),
@@ -41,6 +42,7 @@ def state_dict(state):
         "shapes": [list(p.shape) for p in state.params],
         "dtypes": [p.dtype.name for p in state.params],
         "slots": [to_host(a) for a in state.state_arrays()],
+        "touched_rows": [np.flatnonzero(mask).tolist() for mask in state.touched_rows],
     }
 
 
@@ -57,10 +59,14 @@ def check_state_dict(d, state=None):
 
 def apply_state_dict(d, saved, state):
     """Write a dict ``check_state_dict(d, state)`` accepted (``saved``) into ``state``:
-    every slot, ``raw_steps`` and ``skipped_steps``. Mutates ``state``."""
-    _, raw_steps, skipped_steps, *_ = saved
+    every slot, ``raw_steps``, ``skipped_steps`` and the touched-row masks of the
+    open accumulation window. Mutates ``state``."""
+    _, raw_steps, skipped_steps, *_, touched = saved
     for source, target in zip(d["slots"], state.state_arrays()):
         copy_into(target, source)
+    for mask, rows in zip(state.touched_rows, touched):
+        mask.fill(False)
+        mask[list(rows)] = True
     state.raw_steps = raw_steps
     state.skipped_steps = skipped_steps
 

@@ -317,7 +317,7 @@ def names(values, count):
 STATE_FORMAT_VERSION = 1
 
 STATE_DICT_KEYS = ("format_version", "config", "raw_steps", "iterations", "skipped_steps",
-                   "names", "shapes", "dtypes", "slots")
+                   "names", "shapes", "dtypes", "slots", "touched_rows")
 
 
 def counter(value, label):
@@ -347,8 +347,11 @@ def state_dict(d):
     ``config``), the ``names`` / ``shapes`` / ``dtypes`` lists, and that ``slots`` holds
     one array per slot of the saved configuration, each with its variable's shape and
     dtype, in ``variables`` order (EMA averages, accumulators, then m, u per variable).
-    Raises ``TypeError``/``ValueError`` naming the field. Returns ``(config, raw_steps,
-    skipped_steps, names, shapes, dtypes)`` normalised (tuples, ``np.dtype``).
+    ``touched_rows`` lists, per variable, the rows sparse gradients touched in the
+    open accumulation window (an empty list without accumulation). Raises
+    ``TypeError``/``ValueError`` naming the field. Returns ``(config, raw_steps,
+    skipped_steps, names, shapes, dtypes, touched_rows)`` normalised (tuples,
+    ``np.dtype``).
     """
     if not isinstance(d, dict):
         raise TypeError(f"A state dict must be a dict, got {_describe(d)}.")
@@ -396,7 +399,23 @@ def state_dict(d):
     for j, i in enumerate(slot_owners(count, use_ema, gas is not None)):
         saved_array(slots[j], shapes[i], dtypes[i],
                     f"State dict field 'slots'[{j}] (variable {saved_names[i]!r})")
-    return config, raw, skipped, saved_names, shapes, dtypes
+    touched = _touched_rows(d["touched_rows"], shapes, gas is not None)
+    return config, raw, skipped, saved_names, shapes, dtypes, touched
+
+
+def _touched_rows(value, shapes, use_accumulator):
+    label = "State dict field 'touched_rows'"
+    expected = len(shapes) if use_accumulator else 0
+    if not isinstance(value, (list, tuple)) or len(value) != expected:
+        raise ValueError(f"{label} must be a list of {expected} row lists.")
+    rows = []
+    for i, (entry, shape) in enumerate(zip(value, shapes)):
+        limit = shape[0] if shape else 1
+        if not isinstance(entry, (list, tuple)) or not all(
+                _is_int(r) and 0 <= r < limit for r in entry):
+            raise ValueError(f"{label}[{i}] must be a list of row numbers in [0, {limit}).")
+        rows.append(tuple(int(r) for r in entry))
+    return tuple(rows)
 
 
 def slot_owners(count, use_ema, use_accumulator):
@@ -435,7 +454,7 @@ def state_dict_matches(saved, state):
     ``AdamaxState``: the same variable names, shapes and dtypes in the same order, and the
     same slot-deciding settings (``use_ema``, ``gradient_accumulation_steps``). Raises
     ``ValueError`` naming the field; mutates nothing."""
-    config, _, _, saved_names, shapes, dtypes = saved
+    config, _, _, saved_names, shapes, dtypes, _ = saved
     state_dict_config_matches(config, state.hyperparameters)
     if saved_names != tuple(state.names):
         raise ValueError(f"State dict field 'names' is {list(saved_names)}; this optimizer "

@@ -528,3 +528,60 @@ def test_load_state_into_an_unbuilt_optimizer(saved):
     opt.build([p.copy() for p in run.params], names=list(NAMES))
     assert opt.iterations == run.opt.iterations
     assert all(bit_identical(a, b) for a, b in zip(opt.get_weights(), run.opt.get_weights()))
+
+
+def _sparse_window_calls(steps):
+    """Per call: a sparse gradient (duplicates included) for a 12 x 3 embedding and a
+    dense one for a bias, seeded by the call number."""
+    calls = []
+    for s in range(steps):
+        rng = np.random.default_rng(100 + s)
+        rows = rng.integers(0, 12, size=5)
+        calls.append([na.IndexedSlices(rng.standard_normal((5, 3)), rows),
+                      rng.standard_normal(4)])
+    return calls
+
+
+@pytest.mark.parametrize("stop", [1, 2, 4])
+def test_resume_inside_a_sparse_accumulation_window_is_exact(tmp_path, stop):
+    def fresh():
+        params = [np.linspace(-1, 1, 36).reshape(12, 3), np.ones(4)]
+        return params, na.Adamax(learning_rate=0.05, gradient_accumulation_steps=3,
+                                 weight_decay=0.01)
+
+    calls = _sparse_window_calls(6)
+    params, opt = fresh()
+    for grads in calls:
+        opt.apply(grads, params)
+
+    first, opt_a = fresh()
+    for grads in calls[:stop]:
+        opt_a.apply(grads, first)
+    path = tmp_path / "window.npz"
+    opt_a.save_state(path)
+    resumed, opt_b = fresh()
+    opt_b.build(resumed)
+    np.copyto(resumed[0], first[0])
+    np.copyto(resumed[1], first[1])
+    opt_b.load_state(path)
+    assert [np.flatnonzero(m).tolist() for m in opt_b.state.touched_rows] == \
+        [np.flatnonzero(m).tolist() for m in opt_a.state.touched_rows]
+    for grads in calls[stop:]:
+        opt_b.apply(grads, resumed)
+    for p, q in zip(params, resumed):
+        np.testing.assert_array_equal(p, q)
+    for a, b in zip(opt.variables, opt_b.variables):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_touched_rows_out_of_range_are_refused():
+    params = [np.zeros((4, 2)), np.zeros(3)]
+    opt = na.Adamax(gradient_accumulation_steps=2)
+    opt.apply([na.IndexedSlices(np.ones((1, 2)), np.array([1])), np.ones(3)], params)
+    d = opt.state_dict()
+    before = opt.state_dict()
+    d["touched_rows"] = [[7], []]
+    with pytest.raises(ValueError, match="touched_rows"):
+        opt.load_state_dict(d)
+    after = opt.state_dict()
+    assert after["touched_rows"] == before["touched_rows"] == [[1], [0, 1, 2]]
