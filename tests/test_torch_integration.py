@@ -601,10 +601,8 @@ def _transposed_grad(opt, params):
     params[0].grad = torch.randn(3, 5).t()
 
 
-def _sparse_embedding(opt, params):
-    embedding = torch.nn.Embedding(6, 3, sparse=True)
-    opt.add_param_group({"params": embedding.parameters()})
-    embedding(torch.tensor([1, 4])).sum().backward()
+def _sparse_non_row_grad(opt, params):
+    params[0].grad = torch.randn(*params[0].shape).to_sparse(2)
 
 
 def _append_group(opt, params):
@@ -626,7 +624,7 @@ STEP_ERRORS = {
     "option_removed": (lambda o, p: o.param_groups[1].pop("eps"), ValueError, "eps"),
     "repointed_param": (_repoint, ValueError, "no longer uses the memory"),
     "non_contiguous_grad": (_transposed_grad, ValueError, "not contiguous"),
-    "sparse_grad": (_sparse_embedding, NotImplementedError, "sparse"),
+    "sparse_grad_not_rows": (_sparse_non_row_grad, ValueError, "sparse_dim 1"),
     "group_appended": (_append_group, ValueError, "add_param_group"),
     "param_swapped": (_swap_param, ValueError, "changed after the group was added"),
 }
@@ -651,11 +649,30 @@ def test_step_errors_change_nothing(case):
     assert [int(b.step) for b in bound] == before[0]
 
 
-def test_sparse_and_cuda_hooks_are_the_single_places():
+def test_cuda_hook_is_the_single_place():
     with pytest.raises(NotImplementedError, match="CUDA"):
         _torch_checks.cuda_parameter(torch.zeros(1), "p")
-    with pytest.raises(NotImplementedError, match="sparse"):
-        _torch_checks.sparse_gradient(torch.zeros(2).to_sparse(), "p")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_embedding_gradients_take_the_lazy_path(dtype):
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(10, 4, sparse=True).to(dtype)
+    opt = Adamax(embedding.parameters(), lr=0.05, weight_decay=0.01)
+    weights = embedding.weight.detach().numpy().copy()
+    state = na.init([weights], learning_rate=0.05, weight_decay=0.01)
+    untouched = [0, 5, 9]
+    for batch in ([1, 4, 4, 2], [3, 3, 8], [4, 1, 7, 6, 2]):
+        opt.zero_grad()
+        index = torch.tensor(batch)
+        (embedding(index) ** 2).sum().backward()
+        grad = embedding.weight.grad.coalesce()
+        slices = na.IndexedSlices(grad.values().numpy().copy(), grad.indices()[0].numpy().copy())
+        opt.step()
+        na.step([weights], [slices], state)
+    assert_bits(embedding.weight.detach().numpy(), weights)
+    assert_bits(opt.state[embedding.weight]["exp_inf"].numpy(), state.u[0])
+    assert np.all(state.m[0][untouched] == 0)  # lazy: rows never looked up stay put
 
 
 def _saved(opt):

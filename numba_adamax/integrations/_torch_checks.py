@@ -1,14 +1,15 @@
-"""Checks on PyTorch tensors, and the two places where unsupported kinds are refused.
+"""Checks on PyTorch tensors.
 
-CUDA tensors and sparse gradients are refused in exactly one function each,
-``cuda_parameter`` and ``sparse_gradient``; wiring them to their backends means
-changing only those two functions. Everything else here raises ``TypeError`` for
-the wrong kind of object or dtype and ``ValueError`` for a wrong layout or
-shape, and mutates nothing.
+CUDA tensors are handled in exactly one function, ``cuda_parameter``, and sparse
+gradients in one, ``sparse_gradient`` (which turns them into ``IndexedSlices``).
+Everything else here raises ``TypeError`` for the wrong kind of object or dtype and
+``ValueError`` for a wrong layout or shape, and mutates nothing.
 """
 import math
 
 import torch
+
+from .._indexed_slices import IndexedSlices
 
 #: dtypes the CPU kernels accept.
 DTYPES = (torch.float32, torch.float64)
@@ -22,14 +23,23 @@ def cuda_parameter(param, label):
         "supports CPU tensors only in this version.")
 
 
-def sparse_gradient(grad, label):
-    """Handle a sparse gradient (e.g. from ``nn.Embedding(sparse=True)``). The sparse
-    path is not wired into the PyTorch optimizer in this version, so this raises
-    ``NotImplementedError``."""
-    raise NotImplementedError(
-        f"the gradient of {label} is sparse ({grad.layout}); "
-        "numba_adamax.integrations.torch.Adamax supports dense gradients only in this "
-        "version. Use nn.Embedding(sparse=False).")
+def sparse_gradient(grad, param, label):
+    """A sparse COO gradient (e.g. from ``nn.Embedding(sparse=True)``) as an
+    ``IndexedSlices`` over zero-copy NumPy views of its row indices and values, so the
+    step takes the lazy row update (repeated rows are summed there). Raises for
+    another sparse layout or a gradient that does not index whole rows."""
+    if grad.layout != torch.sparse_coo:
+        raise TypeError(f"the gradient of {label} has layout {grad.layout}; only dense "
+                        "and sparse COO gradients are supported.")
+    if grad.sparse_dim() != 1 or tuple(grad.shape) != tuple(param.shape):
+        raise ValueError(f"the sparse gradient of {label} must index rows (sparse_dim 1) "
+                         f"of a tensor of shape {tuple(param.shape)}.")
+    if grad.dtype != param.dtype:
+        raise TypeError(f"the gradient of {label} has dtype {grad.dtype}; its parameter "
+                        f"has dtype {param.dtype}.")
+    indices = grad._indices()[0].contiguous().numpy()
+    values = grad._values().detach().contiguous().numpy()
+    return IndexedSlices(values, indices, tuple(param.shape))
 
 
 def parameter(param, label):
@@ -55,14 +65,15 @@ def parameter(param, label):
 def gradient(param, label):
     """The gradient of ``param`` as a zero-copy NumPy array, or None when it has none.
 
-    Raises for a sparse gradient (``sparse_gradient``), a gradient on another device
-    or of another dtype (``TypeError``) and a non-contiguous one (``ValueError``).
+    A sparse gradient becomes an ``IndexedSlices`` (``sparse_gradient``). Raises for
+    a gradient on another device or of another dtype (``TypeError``) and a
+    non-contiguous one (``ValueError``).
     """
     grad = param.grad
     if grad is None:
         return None
     if grad.layout != torch.strided:
-        sparse_gradient(grad, label)
+        return sparse_gradient(grad, param, label)
     if grad.device != param.device:
         raise TypeError(f"the gradient of {label} is on {grad.device}, its parameter on "
                         f"{param.device}.")
