@@ -70,7 +70,7 @@ def step(params, grads, state):
         if params is not state.buffer:
             raise ValueError("`params` is not the FlatBuffer the state was built with.")
         if is_flat_gradient(state, grads):
-            run_step(state, grads, prepare_call(state, grads))
+            commit(state, grads, prepare_call(state, grads))
             return state
         params = list(params.arrays)
     if isinstance(grads, FlatBuffer):

@@ -223,7 +223,7 @@ class Adamax:
         lr = _core.prepare_call(state, grads)
         if fresh:
             self._adopt(state)
-        _core.run_step(state, grads, lr)
+        _core.commit(state, grads, lr)
         return True
 
     def _from_dicts(self, grads, variables):
