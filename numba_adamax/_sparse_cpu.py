@@ -14,12 +14,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import _math
-from ._cpu import cast_like
+from ._cpu import _JIT, _element, _inline, cast_like
 
-_JIT = dict(parallel=True, cache=True, error_model="numpy", nogil=True)
-_inline = njit(inline="always", error_model="numpy")
-_element = _math.compile_for(_inline)
 # numba resolves callees as module globals, so name the bodies here.
 scatter_accumulate_at = _element.scatter_accumulate_at
 sparse_gradient_at = _element.sparse_gradient_at
