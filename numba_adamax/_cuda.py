@@ -34,6 +34,10 @@ BLOCK_SIZE = 256
 MAX_BLOCKS = 4096
 
 _device = cuda.jit(device=True)
+# For helpers that return an array view or choose between None and a value: inlined
+# at the Numba IR level, since a compiled device function cannot return an array it
+# did not receive, and the None tests are then pruned on the kernel's own arguments.
+_inline = cuda.jit(device=True, inline="always")
 _element = _math.compile_for(_device)
 # Kernels resolve callees as module globals, so name the bodies here.
 update_at = _element.update_at
@@ -43,7 +47,7 @@ effective_gradient_at = _element.effective_gradient_at
 nan_max = _element.nan_max
 
 
-@_device
+@_inline
 def _window(x, begin, end):
     """``x[begin:end]``, or None when ``x`` is None."""
     if x is None:
@@ -52,11 +56,12 @@ def _window(x, begin, end):
 
 
 @_device
-def _clip_for(clip, clip_table, k, inf):
-    """Variable ``k``'s clip triple: row ``k`` of ``clip_table`` when given, else ``clip``."""
-    if clip_table is None:
-        return clip
-    return (clip_table[k, 0], clip_table[k, 1], inf)
+def _update_elements(first, end, stride, w, g, m, u, e, a, ls, st, clip, lr, has_wd, wd, omb1,
+                     b2, eps, bc, mom, omm, overwrite):
+    """``update_at`` on elements ``first, first + stride, ...`` below ``end``."""
+    for i in range(first, end, stride):
+        update_at(i, w, g, m, u, e, a, ls, st, clip, lr, has_wd, wd, omb1, b2, eps, bc, mom,
+                  omm, overwrite)
 
 
 @_device
@@ -98,11 +103,17 @@ def update_kernel(chunks, table, refs, like, clip, clip_table, inf, m, u, e, a, 
             g = array_at(refs[k], size, like)
             ms = m[base:base + size]
             us = u[base:base + size]
-            cl = _clip_for(clip, clip_table, k, inf)
             has_wd = table[k, 3] != 0
-            for i in range(chunks[c, 1] + cuda.threadIdx.x, chunks[c, 2], cuda.blockDim.x):
-                update_at(i, w, g, ms, us, es, acc, ls, st, cl, lr, has_wd, wd, omb1, b2, eps,
-                          bc, mom, omm, overwrite)
+            first, end, stride = chunks[c, 1] + cuda.threadIdx.x, chunks[c, 2], cuda.blockDim.x
+            # Two calls rather than one with a chosen triple: numba keeps a value that
+            # is None on one path Optional, and the clip triple must not be.
+            if clip_table is None:
+                _update_elements(first, end, stride, w, g, ms, us, es, acc, ls, st, clip, lr,
+                                 has_wd, wd, omb1, b2, eps, bc, mom, omm, overwrite)
+            else:
+                _update_elements(first, end, stride, w, g, ms, us, es, acc, ls, st,
+                                 (clip_table[k, 0], clip_table[k, 1], inf), lr, has_wd, wd,
+                                 omb1, b2, eps, bc, mom, omm, overwrite)
 
 
 @cuda.jit(cache=True)

@@ -73,7 +73,8 @@ else:
 
         return signature, codegen
 
-    @cuda.jit(device=True)
+    # Inlined at the Numba IR level: a device function cannot return a new array.
+    @cuda.jit(device=True, inline="always")
     def array_at(address, size, like):
         """The ``size`` elements of ``like``'s dtype at device ``address`` (device code)."""
         return carray(pointer_to(address, like), size)
