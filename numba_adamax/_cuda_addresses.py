@@ -49,7 +49,7 @@ if SIMULATED:
         dtype = np.dtype(interface["typestr"])
         shape = tuple(interface["shape"])
         size = int(np.prod(shape, dtype=np.int64))
-        view = array_at(interface["data"][0], size, dtype) if size else np.empty(0, dtype)
+        view = array_at(interface["data"][0], size, np.empty(0, dtype))
         strides = interface.get("strides")
         view = (view.reshape(shape) if strides is None
                 else np.lib.stride_tricks.as_strided(view, shape, strides))

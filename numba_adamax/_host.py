@@ -19,6 +19,7 @@ def copy_into(destination, source):
     dtype, checked by the caller); a device slot gets a host-to-device copy. Mutates
     ``destination``."""
     if hasattr(destination, "copy_to_device"):
-        destination.copy_to_device(np.ascontiguousarray(source))
+        if destination.size:
+            destination.copy_to_device(np.ascontiguousarray(source))
         return
     np.copyto(destination, source)
