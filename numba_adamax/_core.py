@@ -33,7 +33,7 @@ def _kernels():
     return _backend
 
 
-def init(params, *, names=None, exclude_from_weight_decay=None, **hyperparameters):
+def init(params, *, names=None, exclude_from_weight_decay=None, stream=None, **hyperparameters):
     """Create the optimizer state for ``params``.
 
     Args:
@@ -42,6 +42,8 @@ def init(params, *, names=None, exclude_from_weight_decay=None, **hyperparameter
         names: names for a list of params (default ``variable_<i>``).
         exclude_from_weight_decay: regexes; a variable whose name contains a match
             is not weight-decayed.
+        stream: for CUDA variables, the ``numba.cuda`` stream the steps run on
+            (``state.stream``; None: the default stream).
         **hyperparameters: the ``Adamax`` constructor arguments (``learning_rate``,
             ``beta_1``, ..., ``decay``).
 
@@ -50,13 +52,15 @@ def init(params, *, names=None, exclude_from_weight_decay=None, **hyperparameter
     """
     hp = Hyperparameters(**hyperparameters)
     pattern = check.exclusion_pattern(exclude_from_weight_decay)
+    stream = check.stream(stream)
     state = _state.create(params, names, hp)
+    state.stream = stream
     state.set_weight_decay_exclusions(pattern)
     hp.lock()
     return state
 
 
-def step(params, grads, state):
+def step(params, grads, state, *, stream=None):
     """Apply one optimizer call: update ``params`` and ``state`` in place.
 
     ``params`` must be the structure given to ``init`` (the same arrays, in the same
@@ -64,8 +68,11 @@ def step(params, grads, state):
     structure of arrays, with ``None`` for a variable without a gradient and
     ``IndexedSlices`` for a sparse one, or a ``FlatBuffer`` laid out like the
     variables' (checked in O(1)). Everything is validated before the first write.
-    Returns ``state`` (the same object).
+    ``stream``, when given, becomes ``state.stream`` (the ``numba.cuda`` stream CUDA
+    steps run on) before the call. Returns ``state`` (the same object).
     """
+    if stream is not None:
+        state.stream = check.stream(stream)
     if isinstance(params, FlatBuffer):
         if params is not state.buffer:
             raise ValueError("`params` is not the FlatBuffer the state was built with.")
@@ -134,7 +141,7 @@ def prepare_call(state, grads, in_call=None, hyperparameters=None):
     ``grads`` may also be a ``FlatBuffer`` that ``is_flat_gradient`` accepted.
     """
     flat = type(grads) is FlatBuffer
-    missing = 0 if flat else check.gradients(grads, state.params, state.names)
+    missing = 0 if flat else check.gradients(grads, state.arrays, state.names)
     hp = state.hyperparameters if hyperparameters is None else hyperparameters
     lr = None if screen_nonfinite(state, grads, hp.nonfinite) else SKIPPED
     if lr is None and _is_update_step(state):
@@ -169,6 +176,14 @@ def screen_nonfinite(state, grads, policy):
     """
     if policy == "propagate":
         return True
+    if state.device is not None:
+        from . import _cuda
+        bad = _cuda.first_nonfinite(state, grads, state.stream)
+        if bad is not None and policy == "raise":
+            raise FloatingPointError(
+                f"The gradient for variable {state.names[bad]!r} holds NaN or inf "
+                "(nonfinite='raise'); nothing was changed.")
+        return bad is None
     kernels = _kernels()
     for group in state.groups:
         refs, deref = _gradient_refs(group, grads)
@@ -207,14 +222,18 @@ def run_step(state, grads, lr):
     One kernel call per dtype group (plus one norm pass per group when clipping by
     norm), whatever the number of variables.
     """
+    settings = StepSettings(state)
+    if state.device is not None:
+        from . import _cuda
+        if lr is None:
+            _cuda.accumulate(state, grads, settings, state.stream)
+        else:
+            _cuda.update(state, grads, lr, settings, state.stream)
+        state.raw_steps += 1
+        return
     kernels = _kernels()
     threshold = kernels.PARALLEL_THRESHOLD
-    hp = state.hyperparameters
-    iterations = state.iterations
-    ema_momentum = 0.0 if iterations == 0 else hp.ema_momentum
-    overwrite = bool(hp.use_ema and hp.ema_overwrite_frequency
-                     and (iterations + 1) % hp.ema_overwrite_frequency == 0)
-    loss_scale = hp.loss_scale_factor
+    loss_scale = settings.loss_scale
     # --- sparse gradients: deduplicated (and accumulated) by _sparse; {i: _sparse.Rows}.
     # The dense kernels then see them as absent: only the EMA (and reset) of the rows.
     sparse = (_sparse.prepare(state, grads, lr is not None, loss_scale or 1.0, threshold)
@@ -227,23 +246,53 @@ def run_step(state, grads, lr):
     if lr is None:  # accumulation micro-step
         for group, parallel, refs, deref in calls:
             kernels.accumulate(parallel, group.chunks, group.table, refs, deref, group.ema,
-                               group.accumulator, loss_scale, ema_momentum, overwrite)
+                               group.accumulator, loss_scale, settings.ema_momentum,
+                               settings.overwrite)
         state.raw_steps += 1
         return
 
-    steps = float(hp.gradient_accumulation_steps or 1)
-    clip_tables = _clip_tables(kernels, calls, hp, loss_scale, steps, state, sparse)
-    clip = (1.0, 1.0, hp.clipvalue) if hp.clipvalue else None
-    t = iterations + 1
+    hp = state.hyperparameters
+    clip_tables = _clip_tables(kernels, calls, hp, loss_scale, settings.steps, state, sparse)
+    clip = (1.0, 1.0, settings.clipvalue) if settings.clipvalue else None
     if sparse:  # --- sparse gradients: lazy row updates, before the dense pass's EMA
-        _update_sparse(state, sparse, hp, clip, clip_tables, steps, lr, t, threshold)
+        _update_sparse(state, sparse, hp, clip, clip_tables, settings.steps, lr, settings.t,
+                       threshold)
     for group, parallel, refs, deref in calls:
         kernels.update(parallel, group.chunks, group.table, refs, deref, clip,
                        clip_tables.get(group.dtype), group.m, group.u, group.ema,
-                       group.accumulator, loss_scale, steps, lr, hp.weight_decay or 0.0,
-                       1.0 - hp.beta_1, hp.beta_1, hp.beta_2, hp.epsilon, float(t),
-                       ema_momentum, overwrite)
+                       group.accumulator, loss_scale, settings.steps, lr,
+                       settings.weight_decay, 1.0 - settings.beta_1, settings.beta_1,
+                       settings.beta_2, settings.epsilon, float(settings.t),
+                       settings.ema_momentum, settings.overwrite)
     state.raw_steps += 1
+
+
+class StepSettings:
+    """The host-side decisions of one call, shared by the CPU and CUDA paths: EMA
+    momentum (0 on the first update), EMA overwrite, loss scale, accumulation steps,
+    clipping, weight decay, the Adamax constants and ``t`` (see ``run_step``)."""
+
+    __slots__ = ("ema_momentum", "overwrite", "loss_scale", "steps", "clipnorm",
+                 "global_clipnorm", "clipvalue", "weight_decay", "beta_1", "beta_2",
+                 "epsilon", "t")
+
+    def __init__(self, state):
+        hp = state.hyperparameters
+        iterations = state.iterations
+        self.ema_momentum = 0.0 if iterations == 0 else hp.ema_momentum
+        self.overwrite = bool(hp.use_ema and hp.ema_overwrite_frequency
+                              and (iterations + 1) % hp.ema_overwrite_frequency == 0)
+        self.loss_scale = hp.loss_scale_factor
+        self.steps = float(hp.gradient_accumulation_steps or 1)
+        self.clipnorm, self.global_clipnorm = hp.clipnorm, hp.global_clipnorm
+        self.clipvalue = hp.clipvalue
+        self.weight_decay = hp.weight_decay or 0.0
+        self.beta_1, self.beta_2, self.epsilon = hp.beta_1, hp.beta_2, hp.epsilon
+        self.t = iterations + 1
+
+    def bias_correction(self, dtype):
+        """``1 - beta_1**t`` computed in ``dtype``, as a Python float."""
+        return _bias_correction(dtype, self.beta_1, self.t)
 
 
 def _bias_correction(dtype, beta_1, t):

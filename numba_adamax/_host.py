@@ -16,5 +16,10 @@ def to_host(array):
 
 def copy_into(destination, source):
     """Write the host array ``source`` into the slot ``destination`` (same shape and
-    dtype, checked by the caller). Mutates ``destination``."""
+    dtype, checked by the caller); a device slot gets a host-to-device copy. Mutates
+    ``destination``."""
+    if hasattr(destination, "copy_to_device"):
+        if destination.size:
+            destination.copy_to_device(np.ascontiguousarray(source))
+        return
     np.copyto(destination, source)

@@ -1,6 +1,7 @@
 """The optimizer state: slots in flat per-dtype buffers, counters and the layout."""
 import numpy as np
 
+from . import _devices
 from . import _state_dict
 from . import _validation as check
 from ._addresses import data_address
@@ -32,13 +33,15 @@ class SlotGroup:
     that are the kernels' units of (parallel) work.
     """
 
-    def __init__(self, dtype, indices, arrays, use_ema, use_accumulator):
+    def __init__(self, dtype, indices, arrays, use_ema, use_accumulator, cuda=None):
         self.dtype = np.dtype(dtype)
+        self.slot_dtype = check.slot_dtype(dtype)
         self.indices = tuple(indices)
         self.sizes = tuple(a.size for a in arrays)
         offsets, self.total = aligned_offsets(self.sizes)
         self.offsets = tuple(offsets)
-        self.table = np.array([(data_address(a), a.size, offset, 1)
+        address = data_address if cuda is None else cuda.device_address
+        self.table = np.array([(address(a), a.size, offset, 1)
                                for a, offset in zip(arrays, offsets)],
                               dtype=np.int64).reshape(-1, 4)
         self.chunks = np.array([(k, begin, min(begin + CHUNK, size))
@@ -47,9 +50,14 @@ class SlotGroup:
                                dtype=np.int64).reshape(-1, 3)
         self.covers_all = False  # set by AdamaxState: indices == range(len(params))
         self.gradient_refs = np.zeros(len(self.indices), dtype=np.int64)
+        self.device = None  # a ``_cuda.DeviceGroup`` for device variables
 
         def buffer(wanted):
-            return np.zeros(self.total, dtype=self.dtype) if wanted else None
+            if not wanted:
+                return None
+            if cuda is None:
+                return np.zeros(self.total, dtype=self.slot_dtype)
+            return cuda.zeros(self.total, self.slot_dtype)
 
         self.m = buffer(True)
         self.u = buffer(True)
@@ -67,6 +75,8 @@ class SlotGroup:
     def set_weight_decay(self, mask):
         """Set the weight-decay column of ``table`` from the state-wide ``mask``."""
         self.table[:, 3] = [bool(mask[i]) for i in self.indices]
+        if self.device is not None:
+            self.device.upload_table(self.table)
 
 
 class AdamaxState:
@@ -74,7 +84,13 @@ class AdamaxState:
 
     Attributes:
         hyperparameters: the ``Hyperparameters`` in force (mutable, validated).
-        params: tuple of the variables (numpy arrays updated in place), in order.
+        params: tuple of the variables (updated in place), in order, as given: numpy
+            arrays, or CUDA device arrays (Numba, CuPy, PyTorch CUDA tensors, ...).
+        arrays: the same variables as numpy arrays or Numba device arrays (zero-copy
+            views of ``params``); dtypes and shapes are read from these.
+        device: None for numpy variables, ``"cuda"`` for device variables, whose
+            slots are Numba device arrays (float32 for float16 variables).
+        stream: the ``numba.cuda`` stream CUDA steps run on (None: the default stream).
         names: tuple of variable names (used by weight-decay exclusion and saving).
         raw_steps: int, calls applied so far (Keras' internal iteration counter).
         skipped_steps: int, calls dropped by ``nonfinite="skip"`` (not in ``raw_steps``).
@@ -99,6 +115,15 @@ class AdamaxState:
     def __init__(self, params, names, hyperparameters):
         self.hyperparameters = hyperparameters
         self.params = tuple(params)
+        self.device = _devices.kind(self.params[0]) if self.params else None
+        self.device = None if self.device == _devices.CPU else self.device
+        self.stream = None
+        cuda = None
+        if self.device is not None:
+            from . import _cuda as cuda
+            self.arrays = tuple(_devices.as_device_array(p) for p in self.params)
+        else:
+            self.arrays = self.params
         self.names = tuple(names)
         self.raw_steps = 0
         self.buffer = None
@@ -107,11 +132,13 @@ class AdamaxState:
         use_ema = hyperparameters.use_ema
         use_acc = hyperparameters.gradient_accumulation_steps is not None
         by_dtype = {}
-        for i, p in enumerate(self.params):
+        for i, p in enumerate(self.arrays):
             by_dtype.setdefault(p.dtype, []).append(i)
         self.groups = tuple(
-            SlotGroup(dtype, idx, [self.params[i] for i in idx], use_ema, use_acc)
+            SlotGroup(dtype, idx, [self.arrays[i] for i in idx], use_ema, use_acc, cuda)
             for dtype, idx in by_dtype.items())
+        if cuda is not None:
+            self.device_state = cuda.DeviceState(self.groups)
         if len(self.groups) == 1:
             self.groups[0].covers_all = True
         # Per-variable (group, 1-D views) used by the kernels, and shaped views for users.
@@ -121,7 +148,7 @@ class AdamaxState:
         for group in self.groups:
             for k, i in enumerate(group.indices):
                 self._group_of[i] = (group, k)
-                self.flat[i] = (group, self.params[i].reshape(-1),
+                self.flat[i] = (group, self.arrays[i].reshape(self.arrays[i].size),
                                 *(group.flat_view(s, k) for s in SLOT_NAMES))
         self.m = tuple(self._shaped(i, 2) for i in range(n))
         self.u = tuple(self._shaped(i, 3) for i in range(n))
@@ -129,12 +156,12 @@ class AdamaxState:
         self.accumulators = tuple(self._shaped(i, 5) for i in range(n)) if use_acc else ()
         # Rows touched since the last update (sparse gradients under accumulation; see _sparse).
         self.touched_rows = (tuple(np.zeros(p.shape[0] if p.ndim else 1, bool)
-                                   for p in self.params) if use_acc else ())
+                                   for p in self.arrays) if use_acc else ())
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.name_index = {name: i for i, name in enumerate(self.names)}
 
     def _shaped(self, i, position):
-        return self.flat[i][position].reshape(self.params[i].shape)
+        return self.flat[i][position].reshape(self.arrays[i].shape)
 
     # ------------------------------------------------------------ counters
 
@@ -236,8 +263,10 @@ def create(params, names, hyperparameters):
                  else tuple(f"variable_{i}" for i in range(len(params))))
     if not params:
         raise ValueError("`variables` is empty; there is nothing to optimize.")
-    for i, p in enumerate(params):
-        check.variable(p, f"variable {names[i]!r}")
+    labels = [f"variable {n!r}" for n in names]
+    for p, label in zip(params, labels):
+        check.variable(p, label)
+    check.same_device(params, labels)
     if len({id(p) for p in params}) != len(params):
         raise ValueError("The same array appears more than once in `variables`.")
     state = AdamaxState(params, names, hyperparameters)

@@ -39,8 +39,8 @@ def state_dict(state):
         "iterations": state.iterations,
         "skipped_steps": state.skipped_steps,
         "names": list(state.names),
-        "shapes": [list(p.shape) for p in state.params],
-        "dtypes": [p.dtype.name for p in state.params],
+        "shapes": [list(p.shape) for p in state.arrays],
+        "dtypes": [p.dtype.name for p in state.arrays],
         "slots": [to_host(a) for a in state.state_arrays()],
         "touched_rows": [np.flatnonzero(mask).tolist() for mask in state.touched_rows],
     }

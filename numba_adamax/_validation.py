@@ -12,10 +12,13 @@ import re
 
 import numpy as np
 
+from . import _devices
 from ._indexed_slices import IndexedSlices
 
 #: dtypes the CPU kernels accept for variables and gradients.
 CPU_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: dtypes the CUDA kernels accept: float16 variables keep float32 slots and math.
+CUDA_DTYPES = CPU_DTYPES + (np.dtype(np.float16),)
 
 LEARNING_RATE_MESSAGE = (
     "Argument `learning_rate` should be float, or an instance of LearningRateSchedule, "
@@ -166,10 +169,22 @@ def float_dtype(dtype, label):
     return resolved
 
 
+def slot_dtype(dtype):
+    """The dtype of the slots (and of the math) for variables of ``dtype``: float32
+    for float16 (CUDA only), else ``dtype`` itself."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
 def variable(x, label):
-    """Check one variable: a writeable, C-contiguous float32/float64 numpy array."""
+    """Check one variable: a writeable, C-contiguous float32/float64 numpy array, or a
+    CUDA device array (see ``device_array``)."""
+    if _devices.kind(x) == _devices.CUDA:
+        device_array(x, label)
+        return
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{label} must be a numpy.ndarray, got {_describe(x)}.")
+        raise TypeError(f"{label} must be a numpy.ndarray or a CUDA device array, got "
+                        f"{_describe(x)}.")
     if x.dtype not in CPU_DTYPES:
         hint = (" float16 is supported on CUDA only; keep float32 master weights on the CPU."
                 if x.dtype == np.float16 else "")
@@ -192,8 +207,8 @@ def gradients(grads, params, names):
         if g is None:
             missing += 1
             continue
-        if type(g) is np.ndarray and g.dtype is var.dtype and g.shape == var.shape \
-                and g.flags.c_contiguous:
+        if type(g) is np.ndarray and type(var) is np.ndarray and g.dtype is var.dtype \
+                and g.shape == var.shape and g.flags.c_contiguous:
             continue
         label = f"gradient for variable {name!r}"
         if isinstance(g, IndexedSlices):
@@ -205,17 +220,67 @@ def gradients(grads, params, names):
     return missing
 
 
+def device_array(x, label):
+    """Check a CUDA device array (Numba, or any ``__cuda_array_interface__`` object):
+    numba-cuda usable, dtype float16/float32/float64, C-contiguous, not declared
+    read-only. Returns its Numba device view (no copy)."""
+    view = _devices.as_device_array(x, label)
+    if view.dtype not in CUDA_DTYPES:
+        raise TypeError(f"{label} has dtype {view.dtype}; expected float16, float32 or "
+                        "float64 on CUDA.")
+    if not view.is_c_contiguous():
+        raise ValueError(f"{label} is not C-contiguous; pass a contiguous copy and keep "
+                         "that array as the variable.")
+    if _devices.read_only(x):
+        raise ValueError(f"{label} is read-only; the optimizer updates variables in place.")
+    return view
+
+
+def same_device(arrays, labels):
+    """All ``arrays`` are NumPy arrays, or all are CUDA device arrays; else TypeError
+    naming the first one that differs from the first array."""
+    kinds = [_devices.kind(a) for a in arrays]
+    for k, label in zip(kinds, labels):
+        if k != kinds[0]:
+            first, other = (("a CUDA device array", "a numpy.ndarray") if kinds[0] == _devices.CUDA
+                            else ("a numpy.ndarray", "a CUDA device array"))
+            raise TypeError(f"{label} is {other} but {labels[0]} is {first}; one optimizer "
+                            "keeps all its variables on one device.")
+
+
 def gradient(g, var, label):
-    """Check one gradient against its variable: same dtype and shape, C-contiguous ndarray."""
-    if not isinstance(g, np.ndarray):
-        raise TypeError(f"{label} must be a numpy.ndarray or None, got {_describe(g)}; "
-                        "sequences are not converted.")
-    if g.dtype != var.dtype:
-        raise TypeError(f"{label} has dtype {g.dtype} but its variable has dtype {var.dtype}.")
-    if g.shape != var.shape:
-        raise ValueError(f"{label} has shape {g.shape} but its variable has shape {var.shape}.")
-    if not g.flags.c_contiguous:
+    """Check one gradient against its variable: same dtype and shape, C-contiguous, and
+    on the variable's device (a numpy.ndarray for a NumPy variable, a CUDA device
+    array for a device variable)."""
+    if _devices.kind(var) == _devices.CUDA:
+        if _devices.kind(g) != _devices.CUDA:
+            raise TypeError(f"{label} must be a CUDA device array like its variable, got "
+                            f"{_describe(g)}; CPU and GPU arrays cannot be mixed.")
+        view = _devices.as_device_array(g, label)
+        shape, dtype, contiguous = tuple(view.shape), view.dtype, view.is_c_contiguous()
+    else:
+        if not isinstance(g, np.ndarray):
+            mixed = ("; CPU and GPU arrays cannot be mixed" if _devices.is_device_array(g)
+                     else "; sequences are not converted")
+            raise TypeError(f"{label} must be a numpy.ndarray or None, got {_describe(g)}"
+                            f"{mixed}.")
+        shape, dtype, contiguous = g.shape, g.dtype, g.flags.c_contiguous
+    if dtype != var.dtype:
+        raise TypeError(f"{label} has dtype {dtype} but its variable has dtype {var.dtype}.")
+    if shape != tuple(var.shape):
+        raise ValueError(f"{label} has shape {shape} but its variable has shape "
+                         f"{tuple(var.shape)}.")
+    if not contiguous:
         raise ValueError(f"{label} is not C-contiguous.")
+
+
+def stream(value):
+    """A CUDA stream argument: None (the default stream) or a ``numba.cuda`` stream
+    (e.g. ``numba.cuda.stream()`` or ``numba.cuda.external_stream(ptr)``)."""
+    if value is None or callable(getattr(value, "synchronize", None)):
+        return value
+    raise TypeError(f"Argument `stream` must be None or a numba.cuda stream, got "
+                    f"{_describe(value)}.")
 
 
 def sparse_gradient(g, var, label):
@@ -228,6 +293,9 @@ def sparse_gradient(g, var, label):
     ``ValueError`` for a wrong shape, layout or index.
     """
     values, indices, dense_shape = g.values, g.indices, g.dense_shape
+    if _devices.kind(var) == _devices.CUDA:
+        raise NotImplementedError(f"{label} is an IndexedSlices, but sparse gradients are "
+                                  "supported on the CPU only; pass a dense device gradient.")
     if var.ndim == 0:
         raise ValueError(f"{label} is an IndexedSlices, but its variable is a scalar; "
                          "sparse gradients index axis 0.")
@@ -397,7 +465,7 @@ def state_dict(d):
         raise ValueError(f"State dict field 'slots' must be a list of {per_variable * count} "
                          f"arrays ({per_variable} per variable); got {got}.")
     for j, i in enumerate(slot_owners(count, use_ema, gas is not None)):
-        saved_array(slots[j], shapes[i], dtypes[i],
+        saved_array(slots[j], shapes[i], slot_dtype(dtypes[i]),
                     f"State dict field 'slots'[{j}] (variable {saved_names[i]!r})")
     touched = _touched_rows(d["touched_rows"], shapes, gas is not None)
     return config, raw, skipped, saved_names, shapes, dtypes, touched
@@ -432,8 +500,8 @@ def _shape(value, label):
 
 
 def _saved_dtype(value, label):
-    if not isinstance(value, str) or value not in ("float32", "float64"):
-        raise ValueError(f"{label} must be 'float32' or 'float64', got {value!r}.")
+    if not isinstance(value, str) or value not in ("float16", "float32", "float64"):
+        raise ValueError(f"{label} must be 'float16', 'float32' or 'float64', got {value!r}.")
     return np.dtype(value)
 
 
@@ -459,8 +527,8 @@ def state_dict_matches(saved, state):
     if saved_names != tuple(state.names):
         raise ValueError(f"State dict field 'names' is {list(saved_names)}; this optimizer "
                          f"has {list(state.names)}.")
-    for i, p in enumerate(state.params):
-        if shapes[i] != p.shape:
+    for i, p in enumerate(state.arrays):
+        if shapes[i] != tuple(p.shape):
             raise ValueError(f"State dict field 'shapes'[{i}] (variable {saved_names[i]!r}) is "
                              f"{shapes[i]}; the variable has shape {p.shape}.")
         if dtypes[i] != p.dtype:

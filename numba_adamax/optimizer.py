@@ -45,13 +45,18 @@ class Adamax:
     inf: ``"propagate"`` (Keras' behaviour: the values flow into the state),
     ``"skip"`` (the call changes nothing but ``skipped_steps``) or ``"raise"``
     (``FloatingPointError`` before anything changes).
+
+    Variables may also be CUDA device arrays (Numba device arrays, CuPy arrays,
+    PyTorch CUDA tensors: anything with ``__cuda_array_interface__``), updated in
+    place on the GPU with no copy; ``stream`` (not in Keras) is the ``numba.cuda``
+    stream their steps run on (None: the default stream). See the README's "GPU".
     """
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
                  loss_scale_factor=None, gradient_accumulation_steps=None, name="adamax",
-                 nonfinite="propagate", **kwargs):
+                 nonfinite="propagate", stream=None, **kwargs):
         learning_rate, decay = from_keywords(learning_rate, kwargs)
         self._reset(Hyperparameters(
             learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
@@ -61,6 +66,7 @@ class Adamax:
             loss_scale_factor=loss_scale_factor,
             gradient_accumulation_steps=gradient_accumulation_steps, decay=decay,
             nonfinite=nonfinite, name=name))
+        self.stream = stream
 
     def _reset(self, hp):
         """Take ``hp`` as the settings, unbuilt and with no weight-decay exclusions."""
@@ -68,6 +74,7 @@ class Adamax:
         self._state = None
         self._exclusions = (None, None)  # (compiled var_names pattern, var_list)
         self._pending = None  # a load waiting for the build: (check, apply) callables
+        self._stream = None
 
     beta_1 = _hyperparameter("beta_1", "Exponential decay rate of the first moment, in [0, 1).")
     beta_2 = _hyperparameter("beta_2", "Decay rate of the infinity norm, in [0, 1).")
@@ -90,6 +97,18 @@ class Adamax:
     name = _hyperparameter("name", "The optimizer's name.")
 
     # ------------------------------------------------------------ state and counters
+
+    @property
+    def stream(self):
+        """The ``numba.cuda`` stream CUDA steps run on, or None (the default stream).
+        Setting it takes effect from the next call."""
+        return self._stream
+
+    @stream.setter
+    def stream(self, value):
+        self._stream = check.stream(value)
+        if self._state is not None:
+            self._state.stream = self._stream
 
     @property
     def state(self):
@@ -139,6 +158,7 @@ class Adamax:
 
     def _adopt(self, state):
         state.set_weight_decay_exclusions(*self._exclusions)
+        state.stream = self._stream
         self._hp.lock()
         self._state = state
         self._pending = None
@@ -269,9 +289,14 @@ class Adamax:
         if len(variables) != len(averages):
             raise ValueError(f"The length of model variables ({len(variables)}) to override "
                              f"does not match the length of EMA averages ({len(averages)}).")
-        for j, (v, avg) in enumerate(zip(variables, averages)):
+        for j, v in enumerate(variables):
             check.variable(v, f"variables[{j}]")
-            check.gradient(v, avg, f"variables[{j}]")
+            check.gradient(v, self._state.arrays[j], f"variables[{j}]")
+        if self._state.device is not None:
+            from . import _cuda, _devices
+            for v, avg in zip(variables, averages):
+                _cuda.assign(_devices.as_device_array(v), avg, self._state.stream)
+            return
         for v, avg in zip(variables, averages):
             np.copyto(v, avg)
 

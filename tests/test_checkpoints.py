@@ -211,7 +211,7 @@ BAD_DICTS = [
     ("shape-wrong", ("shapes", 0), [8], ValueError, r"shape"),
     ("shape-negative", ("shapes", 0), [-7], ValueError, r"'shapes'\[0\]"),
     ("dtype-wrong", ("dtypes", 0), "float64", (TypeError, ValueError), r"dtype"),
-    ("dtype-unsupported", ("dtypes", 0), "float16", ValueError, r"'dtypes'\[0\]"),
+    ("dtype-unsupported", ("dtypes", 0), "int32", ValueError, r"'dtypes'\[0\]"),
     ("slots-count", ("slots",), lambda s: s[:-1], ValueError, r"'slots' must be a list of 20 arrays \(4 per variable\); got 19"),
     ("slot-not-array", ("slots", 3), lambda a: a.tolist(), TypeError, r"'slots'\[3\]"),
     ("slot-shape", ("slots", 0), lambda a: a.reshape(-1, 1), ValueError, r"'slots'\[0\].*shape"),

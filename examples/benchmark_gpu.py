@@ -1,0 +1,98 @@
+"""One Adamax step on a GPU: effective bandwidth against the device's copy bandwidth,
+and against torch.optim.Adamax(foreach=True) / torch.optim.Adam(fused=True).
+
+    python examples/benchmark_gpu.py [--repeat 20]
+
+Sizes: one float32 variable of 1e6, 1e7 and 1e8 elements, and 300 tensors of mixed
+sizes. A plain update moves 28 bytes per element (read w, g, m, u; write w, m, u).
+Without a usable CUDA GPU (or numba-cuda) the script says so and exits with status 0.
+"""
+import argparse
+import time
+
+import numpy as np
+
+import numba_adamax as na
+
+BYTES_PER_ELEMENT = 28
+
+
+def gpu_unavailable_reason():
+    """Why no GPU can be used, or None."""
+    try:
+        from numba import cuda
+    except ImportError as exc:
+        return f"numba.cuda cannot be imported ({exc})"
+    from numba import config
+    if config.ENABLE_CUDASIM:
+        return "the CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1); timings need a real GPU"
+    if not cuda.is_available():
+        return "no CUDA GPU is available (numba.cuda.is_available() is False)"
+    return None
+
+
+def _timed(run, repeat, synchronize):
+    run()  # compile / warm up
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        run()
+    synchronize()
+    return (time.perf_counter() - start) / repeat
+
+
+def cases():
+    """``(label, sizes)`` of the benchmarked problems."""
+    rng = np.random.default_rng(0)
+    mixed = [int(s) for s in rng.integers(1, 200_000, 300)]
+    return [("1e6", [10**6]), ("1e7", [10**7]), ("1e8", [10**8]), ("300 mixed", mixed)]
+
+
+def main(repeat=20):
+    """Print the table; return its rows, or ``{"skipped": reason}`` without a GPU."""
+    reason = gpu_unavailable_reason()
+    if reason is not None:
+        print(f"Skipping the GPU benchmark: {reason}.")
+        return {"skipped": reason}
+    from numba import cuda
+    try:
+        import torch
+        has_torch = torch.cuda.is_available()
+    except ImportError:
+        has_torch = False
+    rows = []
+    for label, sizes in cases():
+        n = sum(sizes)
+        src = cuda.to_device(np.ones(n, np.float32))
+        dst = cuda.device_array_like(src)
+        copy_s = _timed(lambda: dst.copy_to_device(src), repeat, cuda.synchronize)
+        copy_bw = 2 * 4 * n / copy_s / 1e9
+        params = [cuda.to_device(np.ones(s, np.float32)) for s in sizes]
+        grads = [cuda.to_device(np.full(s, 1e-3, np.float32)) for s in sizes]
+        opt = na.Adamax(1e-3)
+        ours = _timed(lambda: opt.apply(grads, params), repeat, cuda.synchronize)
+        row = {"case": label, "elements": n, "numba_adamax_ms": ours * 1e3,
+               "GB/s": BYTES_PER_ELEMENT * n / ours / 1e9, "copy_GB/s": copy_bw}
+        if has_torch:
+            for name, make in (("torch_adamax_ms",
+                                lambda p: torch.optim.Adamax(p, lr=1e-3, foreach=True)),
+                               ("torch_adam_fused_ms",
+                                lambda p: torch.optim.Adam(p, lr=1e-3, fused=True))):
+                tensors = [torch.ones(s, device="cuda", requires_grad=True) for s in sizes]
+                for t in tensors:
+                    t.grad = torch.full_like(t, 1e-3)
+                torch_opt = make(tensors)
+                row[name] = _timed(torch_opt.step, repeat, torch.cuda.synchronize) * 1e3
+        rows.append(row)
+    keys = list(rows[0])
+    print("  ".join(f"{k:>20}" for k in keys))
+    for row in rows:
+        print("  ".join(f"{row[k]:>20.4g}" if isinstance(row[k], float) else f"{row[k]:>20}"
+                        for k in keys))
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20)
+    main(repeat=parser.parse_args().repeat)

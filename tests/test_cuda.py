@@ -1,0 +1,313 @@
+"""The CUDA backend: parity with the CPU kernels, Keras vectors, float16, dispatch.
+
+Runs under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) in CI and unchanged on a
+real GPU; skipped otherwise. ``_cuda.BLOCK_SIZE`` and ``_state.CHUNK`` are patched small,
+so the tiny variables here span several chunks, blocks and a partial block.
+
+Tolerances: the CPU and CUDA kernels run the same float operations in the same order on
+every element, so results are compared bit for bit, except under ``clipnorm`` /
+``global_clipnorm``: the device sums squares in thread-strided order (then per chunk
+and per variable in a fixed order), the CPU in element order, so the float64 norms may
+differ in the last bits; there ``rtol=1e-6`` (float32).
+"""
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+try:
+    from numba import cuda
+except ImportError:  # pragma: no cover - numba-cuda not installed
+    cuda = None
+if cuda is None or not (os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or cuda.is_available()):
+    pytest.skip("needs a CUDA GPU or NUMBA_ENABLE_CUDASIM=1", allow_module_level=True)
+
+import numba_adamax as na  # noqa: E402
+from numba_adamax import _cuda, _devices, _state  # noqa: E402
+from configs import CONFIGS, Clock, build_optimizer  # noqa: E402
+from conformance import load_keras_configs, optimizer_kwargs  # noqa: E402
+
+pytestmark = [pytest.mark.cuda, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+
+NAMES = ("w_a", "bias_b", "w_c", "empty", "big")
+SHAPES = ((3, 5), (7,), (2, 3), (0,), (13,))
+NORM_CONFIGS = {name for name, c in CONFIGS.items()
+                if c.kwargs.get("clipnorm") or c.kwargs.get("global_clipnorm")}
+
+
+@pytest.fixture(autouse=True)
+def small_launches(monkeypatch):
+    monkeypatch.setattr(_cuda, "BLOCK_SIZE", 4)
+    monkeypatch.setattr(_state, "CHUNK", 6)
+
+
+def _problem(seed, steps, dtype=np.float32, with_none=True):
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in SHAPES] for _ in range(steps)]
+    if with_none:
+        grads[1][2] = None
+    return params, grads
+
+
+def _host(x):
+    return x.copy_to_host() if hasattr(x, "copy_to_host") else np.array(x)
+
+
+def _dev(grads):
+    return [None if g is None else cuda.to_device(g) for g in grads]
+
+
+def _assert_same(a, b, exact, what):
+    a, b = _host(a), _host(b)
+    if exact:
+        np.testing.assert_array_equal(a, b, err_msg=what)
+    else:
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, equal_nan=True, err_msg=what)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_config_matches_the_cpu(name):
+    config = CONFIGS[name]
+    steps = 4
+    params, grads = _problem(1, steps)
+    cpu_vars = [p.copy() for p in params]
+    gpu_vars = [cuda.to_device(p) for p in params]
+    clock = Clock()
+    cpu, gpu = build_optimizer(config, clock), build_optimizer(config, clock)
+    cpu.build(cpu_vars, names=list(NAMES))
+    gpu.build(gpu_vars, names=list(NAMES))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the None gradient of call 1
+        for s in range(steps):
+            clock.step = s
+            cpu.apply([None if g is None else g.copy() for g in grads[s]], cpu_vars)
+            gpu.apply(_dev(grads[s]), gpu_vars)
+    exact = name not in NORM_CONFIGS
+    assert gpu.iterations == cpu.iterations
+    for j, (a, b) in enumerate(zip(cpu_vars, gpu_vars)):
+        _assert_same(a, b, exact, f"{name}: variable {j}")
+    for j, (a, b) in enumerate(zip(cpu.variables[1:], gpu.variables[1:])):
+        _assert_same(a, b, exact, f"{name}: slot {j}")
+    if config.kwargs.get("use_ema"):
+        cpu.finalize_variable_values(cpu_vars)
+        gpu.finalize_variable_values(gpu_vars)
+        for a, b in zip(cpu_vars, gpu_vars):
+            _assert_same(a, b, exact, f"{name}: finalized")
+
+
+KERAS = load_keras_configs()
+
+
+@pytest.mark.parametrize("name", list(KERAS))
+def test_keras_vectors_replay_on_cuda(name):
+    cfg = KERAS[name]
+    index = [0]
+    opt = na.Adamax(**optimizer_kwargs(cfg, schedules_module=na.schedules,
+                                       step_fn=lambda: index[0]))
+    var_names, var_indices = cfg.exclusion()
+    variables = [cuda.to_device(v) for v in cfg.initial_values()]
+    if var_names or var_indices:
+        opt.exclude_from_weight_decay(var_list=[variables[i] for i in var_indices],
+                                      var_names=var_names)
+    opt.build(variables, names=cfg.var_names)
+    tol = dict(rtol=1e-10, atol=0.0) if cfg.is_float64 else dict(rtol=1e-4, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for s in range(cfg.steps):
+            index[0] = s
+            grads = [None if g is None else cuda.to_device(np.ascontiguousarray(g))
+                     for g in cfg.grads(s)]
+            opt.apply(grads, variables)
+            for j, v in enumerate(variables):
+                np.testing.assert_allclose(v.copy_to_host(), cfg.arrays[f"value{j}"][s + 1],
+                                           equal_nan=True, **tol)
+                np.testing.assert_allclose(opt.state.m[j].copy_to_host(),
+                                           cfg.arrays[f"m{j}"][s + 1], equal_nan=True, **tol)
+    assert opt.iterations == cfg.arrays["iterations"][-1]
+
+
+def test_float16_uses_float32_math_and_slots():
+    steps = 3
+    params, grads = _problem(2, steps, np.float16, with_none=False)
+    reference = [p.astype(np.float32) for p in params]
+    half = [cuda.to_device(p) for p in params]
+    kwargs = dict(learning_rate=0.01, weight_decay=0.05, clipvalue=0.8, loss_scale_factor=2.0)
+    ref_opt, opt = na.Adamax(**kwargs), na.Adamax(**kwargs)
+    for s in range(steps):
+        ref_opt.apply([g.astype(np.float32) for g in grads[s]], reference)
+        for r in reference:  # the variables are float16: round after every step
+            r[...] = r.astype(np.float16).astype(np.float32)
+        opt.apply(_dev(grads[s]), half)
+    for r, h in zip(reference, half):
+        assert h.dtype == np.float16
+        np.testing.assert_array_equal(h.copy_to_host(), r.astype(np.float16))
+    for j in range(len(SHAPES)):
+        assert opt.state.m[j].dtype == np.float32
+        np.testing.assert_array_equal(opt.state.m[j].copy_to_host(), ref_opt.state.m[j])
+        np.testing.assert_array_equal(opt.state.u[j].copy_to_host(), ref_opt.state.u[j])
+    saved = opt.state.state_dict()
+    assert saved["dtypes"][0] == "float16" and saved["slots"][0].dtype == np.float32
+
+
+def test_float16_stays_refused_on_the_cpu():
+    with pytest.raises(TypeError, match="float16 is supported on CUDA only"):
+        na.Adamax().build([np.zeros(3, np.float16)])
+
+
+def test_nan_propagates_like_the_cpu():
+    params, grads = _problem(3, 2, with_none=False)
+    grads[0][0][1, 2] = np.nan
+    grads[1][1][3] = np.inf
+    cpu_vars, gpu_vars = [p.copy() for p in params], [cuda.to_device(p) for p in params]
+    cpu, gpu = na.Adamax(0.1), na.Adamax(0.1)
+    for g in grads:
+        cpu.apply([x.copy() for x in g], cpu_vars)
+        gpu.apply(_dev(g), gpu_vars)
+    assert np.isnan(cpu_vars[0]).any()
+    for a, b in zip(cpu.variables[1:] + cpu_vars, gpu.variables[1:] + gpu_vars):
+        np.testing.assert_array_equal(a, _host(b))
+
+
+def _snapshot(opt, variables):
+    return [_host(v) for v in variables] + [_host(w) for w in opt.get_weights()]
+
+
+def _assert_unchanged(before, opt, variables):
+    for a, b in zip(before, _snapshot(opt, variables)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("policy", ["skip", "raise"])
+def test_nonfinite_policies_change_nothing(policy):
+    params, grads = _problem(4, 2, with_none=False)
+    variables = [cuda.to_device(p) for p in params]
+    opt = na.Adamax(0.1, nonfinite=policy)
+    opt.apply(_dev(grads[0]), variables)
+    bad = [g.copy() for g in grads[1]]
+    bad[4][5] = np.inf
+    before = _snapshot(opt, variables)
+    if policy == "raise":
+        with pytest.raises(FloatingPointError, match="'variable_4'"):
+            opt.apply(_dev(bad), variables)
+    else:
+        opt.apply(_dev(bad), variables)
+        assert opt.skipped_steps == 1
+    _assert_unchanged(before, opt, variables)
+    assert opt.iterations == 1
+
+
+class CudaInterfaceArray:
+    """A stand-in for a CuPy array / PyTorch CUDA tensor: ``__cuda_array_interface__`` only.
+
+    Under the simulator, "device" memory is host memory, so it exposes a NumPy buffer."""
+
+    def __init__(self, array):
+        self.array = array
+        self.__cuda_array_interface__ = {
+            "shape": array.shape, "typestr": array.dtype.str, "strides": None,
+            "data": (array.__array_interface__["data"][0], False), "version": 3}
+
+
+def test_cuda_array_interface_objects_are_updated_in_place():
+    params, grads = _problem(5, 2, with_none=False)
+    held = [p.copy() for p in params]
+    variables = [CudaInterfaceArray(p) for p in held]
+    cpu_vars = [p.copy() for p in params]
+    opt, cpu = na.Adamax(0.1), na.Adamax(0.1)
+    for g in grads:
+        opt.apply([CudaInterfaceArray(x.copy()) for x in g], variables)
+        cpu.apply([x.copy() for x in g], cpu_vars)
+    for a, b in zip(cpu_vars, held):  # the objects' own memory changed: zero-copy
+        np.testing.assert_array_equal(a, b)
+    assert opt.get_slot(variables[0], "m").shape == (3, 5)
+
+
+def test_mixing_cpu_and_gpu_arrays_is_refused_before_anything_changes():
+    params, grads = _problem(6, 2, with_none=False)
+    with pytest.raises(TypeError, match="variable 'variable_1' is a numpy.ndarray"):
+        na.Adamax().build([cuda.to_device(params[0]), params[1]])
+    variables = [cuda.to_device(p) for p in params]
+    opt = na.Adamax(0.1)
+    opt.apply(_dev(grads[0]), variables)
+    before = _snapshot(opt, variables)
+    mixed = _dev(grads[1])
+    mixed[2] = grads[1][2]
+    with pytest.raises(TypeError, match="gradient for variable 'variable_2'.*cannot be mixed"):
+        opt.apply(mixed, variables)
+    with pytest.raises(TypeError, match="must be a numpy.ndarray or a CUDA device array"):
+        na.Adamax().build([[1.0, 2.0]])
+    with pytest.raises(TypeError, match="dtype int32"):
+        na.Adamax().build([cuda.to_device(np.zeros(3, np.int32))])
+    cpu_vars = [p.copy() for p in params]
+    cpu = na.Adamax(0.1)
+    cpu.apply([g.copy() for g in grads[0]], cpu_vars)
+    cpu_before = _snapshot(cpu, cpu_vars)
+    with pytest.raises(TypeError, match="cannot be mixed"):
+        cpu.apply(_dev(grads[1]), cpu_vars)
+    _assert_unchanged(before, opt, variables)
+    _assert_unchanged(cpu_before, cpu, cpu_vars)
+
+
+def test_device_arrays_without_numba_cuda_are_refused(monkeypatch):
+    def missing():
+        raise ImportError("No module named 'numba.cuda'")
+
+    monkeypatch.setattr(_devices, "_import_cuda", missing)
+    variable = cuda.to_device(np.ones(4, np.float32))
+    opt = na.Adamax()
+    with pytest.raises(TypeError, match="variable 'variable_0' is a CUDA device array, but "
+                                        "numba.cuda cannot be imported"):
+        opt.apply([cuda.to_device(np.ones(4, np.float32))], [variable])
+    assert not opt.built
+    np.testing.assert_array_equal(variable.copy_to_host(), np.ones(4, np.float32))
+
+
+def test_sparse_gradients_of_device_variables_are_not_implemented():
+    variable = cuda.to_device(np.ones((4, 2), np.float32))
+    opt = na.Adamax()
+    slices = na.IndexedSlices(np.ones((1, 2), np.float32), np.array([1]))
+    with pytest.raises(NotImplementedError, match="CPU only"):
+        opt.apply([slices], [variable])
+    assert not opt.built
+
+
+def test_stream_argument_runs_the_same_steps():
+    params, grads = _problem(7, 3, with_none=False)
+    a_vars, b_vars = [cuda.to_device(p) for p in params], [cuda.to_device(p) for p in params]
+    stream = cuda.stream()
+    opt = na.Adamax(0.1, clipnorm=0.5, stream=stream)
+    assert opt.stream is stream
+    state = na.init(b_vars, learning_rate=0.1, clipnorm=0.5)
+    for g in grads:
+        opt.apply(_dev(g), a_vars)
+        na.step(b_vars, _dev(g), state, stream=stream)
+    assert state.stream is stream
+    for a, b in zip(a_vars, b_vars):
+        np.testing.assert_array_equal(a.copy_to_host(), b.copy_to_host())
+    with pytest.raises(TypeError, match="`stream`"):
+        na.Adamax(stream="default")
+
+
+def test_checkpoints_move_between_cpu_and_cuda():
+    params, grads = _problem(8, 4, with_none=False)
+    kwargs = dict(learning_rate=0.1, use_ema=True, gradient_accumulation_steps=2)
+    cpu_vars = [p.copy() for p in params]
+    cpu = na.Adamax(**kwargs)
+    for g in grads[:3]:
+        cpu.apply([x.copy() for x in g], cpu_vars)
+    gpu_vars = [cuda.to_device(v) for v in cpu_vars]
+    gpu = na.Adamax(**kwargs)
+    gpu.build(gpu_vars)
+    gpu.load_state_dict(cpu.state_dict())
+    assert isinstance(gpu.state.m[0], type(gpu_vars[0]))
+    cpu.apply([x.copy() for x in grads[3]], cpu_vars)
+    gpu.apply(_dev(grads[3]), gpu_vars)
+    for a, b in zip(cpu.get_weights(), gpu.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    back = na.Adamax(**kwargs)
+    back.build([_host(v) for v in gpu_vars])
+    back.set_weights(gpu.get_weights())
+    for a, b in zip(cpu.get_weights(), back.get_weights()):
+        np.testing.assert_array_equal(a, b)
