@@ -24,6 +24,8 @@ def _needs_torch(block):
 
 
 def _load_example(name):
+    if str(ROOT / "examples") not in sys.path:
+        sys.path.insert(0, str(ROOT / "examples"))  # as when the script runs: its helpers
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -195,6 +197,7 @@ def test_example_scripts_exit_code(name, args):
 
 def _run_gpu_example(env, **kwargs):
     code = ("import importlib.util, json\n"
+            "import sys; sys.path.insert(0, 'examples')\n"
             "spec = importlib.util.spec_from_file_location('gpu_cupy', 'examples/gpu_cupy.py')\n"
             "module = importlib.util.module_from_spec(spec)\n"
             "spec.loader.exec_module(module)\n"
