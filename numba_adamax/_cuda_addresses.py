@@ -61,17 +61,9 @@ else:
     from numba.cuda.extending import intrinsic
     from numba.cuda.np.numpy_support import carray
 
-    @intrinsic
-    def pointer_to(typingctx, address, like):
-        """A ``CPointer`` of ``like``'s element type at integer ``address`` (device code)."""
-        if not isinstance(address, types.Integer):
-            return None
-        signature = types.CPointer(like.dtype)(address, like)
+    from ._intrinsics import pointer_intrinsic
 
-        def codegen(context, builder, sig, args):
-            return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
-
-        return signature, codegen
+    pointer_to = pointer_intrinsic(intrinsic, types)
 
     # Inlined at the Numba IR level: a device function cannot return a new array.
     @cuda.jit(device=True, inline="always")

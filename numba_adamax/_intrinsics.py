@@ -9,17 +9,26 @@ from numba import types
 from numba.extending import intrinsic
 
 
-@intrinsic
-def pointer_to(typingctx, address, like):
-    """A ``CPointer`` of ``like``'s element type at integer ``address``."""
-    if not isinstance(address, types.Integer):
-        return None
-    signature = types.CPointer(like.dtype)(address, like)
+def pointer_intrinsic(intrinsic, types):
+    """``pointer_to`` built with a target's ``intrinsic`` decorator and ``types``
+    module (the CPU's here; ``_cuda_addresses`` builds the device one)."""
 
-    def codegen(context, builder, sig, args):
-        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+    @intrinsic
+    def pointer_to(typingctx, address, like):
+        """A ``CPointer`` of ``like``'s element type at integer ``address``."""
+        if not isinstance(address, types.Integer):
+            return None
+        signature = types.CPointer(like.dtype)(address, like)
 
-    return signature, codegen
+        def codegen(context, builder, sig, args):
+            return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+
+        return signature, codegen
+
+    return pointer_to
+
+
+pointer_to = pointer_intrinsic(intrinsic, types)
 
 
 @intrinsic
