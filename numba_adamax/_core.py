@@ -176,6 +176,17 @@ def screen_nonfinite(state, grads, policy):
     """
     if policy == "propagate":
         return True
+    if type(grads) is not FlatBuffer and IndexedSlices in map(type, grads):
+        # --- sparse gradients: their values are checked on their own, after the dense ones
+        bad = _sparse.first_nonfinite(state, grads)
+        dense = [None if type(g) is IndexedSlices else g for g in grads]
+        if all(g is None for g in dense) or screen_nonfinite(state, dense, policy):
+            if bad is not None and policy == "raise":
+                raise FloatingPointError(
+                    f"The gradient for variable {state.names[bad]!r} holds NaN or inf "
+                    "(nonfinite='raise'); nothing was changed.")
+            return bad is None
+        return False
     if state.device is not None:
         from . import _cuda
         bad = _cuda.first_nonfinite(state, grads, state.stream)
@@ -223,16 +234,9 @@ def run_step(state, grads, lr):
     norm), whatever the number of variables.
     """
     settings = StepSettings(state)
-    if state.device is not None:
-        from . import _cuda
-        if lr is None:
-            _cuda.accumulate(state, grads, settings, state.stream)
-        else:
-            _cuda.update(state, grads, lr, settings, state.stream)
-        state.raw_steps += 1
-        return
-    kernels = _kernels()
-    threshold = kernels.PARALLEL_THRESHOLD
+    on_device = state.device is not None
+    kernels = None if on_device else _kernels()
+    threshold = 0 if on_device else kernels.PARALLEL_THRESHOLD
     loss_scale = settings.loss_scale
     # --- sparse gradients: deduplicated (and accumulated) by _sparse; {i: _sparse.Rows}.
     # The dense kernels then see them as absent: only the EMA (and reset) of the rows.
@@ -240,6 +244,14 @@ def run_step(state, grads, lr):
               if state.touched_rows or (type(grads) is not FlatBuffer
                                         and IndexedSlices in map(type, grads)) else {})
     dense = [None if i in sparse else g for i, g in enumerate(grads)] if sparse else grads
+    if on_device:
+        from . import _cuda
+        if lr is None:
+            _cuda.accumulate(state, dense, settings, state.stream)
+        else:
+            _cuda.update(state, dense, lr, settings, state.stream, sparse)
+        state.raw_steps += 1
+        return
     calls = [(group, group.total >= threshold, *_gradient_refs(group, dense))
              for group in state.groups]
 

@@ -26,6 +26,7 @@ import numpy as np
 from numba import cuda, float64
 
 from . import _math
+from . import _sparse
 from ._cuda_addresses import array_at, device_address
 
 #: Threads per block of every kernel (a power of two).
@@ -348,9 +349,10 @@ def _cast(value, dt):
     return None if value is None else dt(value)
 
 
-def _clip_tables(state, settings, stream):
+def _clip_tables(state, settings, stream, sparse):
     """Fill each group's device ``clip_table`` when clipping by norm (see
-    ``_core._clip_tables``); returns True when it did."""
+    ``_core._clip_tables``); returns True when it did. The variables in ``sparse``
+    (``{i: _sparse.Rows}``) count with the norm of their rows."""
     c = settings.clipnorm or settings.global_clipnorm
     if not c:
         return False
@@ -366,6 +368,11 @@ def _clip_tables(state, settings, stream):
         n = len(group.indices)
         variable_sums_kernel[_threads_for(n), BLOCK_SIZE, s](
             dev.chunk_starts, dev.partial, device.sums, dev.offset)
+    for i, rows in sparse.items():  # --- sparse gradients
+        group, k = state.group_of(i)
+        _sparse.sum_of_squares_on_device(rows, state.flat[i], settings.loss_scale or 1.0,
+                                         settings.steps, device.sums, group.device.offset + k,
+                                         stream)
     if settings.global_clipnorm and not settings.clipnorm:
         total_kernel[1, 1, s](device.sums[:sum(len(g.indices) for g in state.groups)],
                               device.total)
@@ -382,12 +389,20 @@ def _clip_tables(state, settings, stream):
     return True
 
 
-def update(state, grads, lr, settings, stream):
+def update(state, grads, lr, settings, stream, sparse=None):
     """An update step on every group (see ``_cpu.update``), with the norm passes first
-    when clipping by norm. Mutates the variables and the slots."""
+    when clipping by norm. Mutates the variables and the slots.
+
+    ``sparse`` (``{i: _sparse.Rows}``, from ``_sparse.prepare``) lists the variables
+    with a sparse gradient (None in ``grads``): their rows get the lazy update before
+    the dense pass, which then moves only their EMA (and resets their accumulator).
+    """
+    sparse = sparse or {}
     _set_gradients(state, grads, stream)
     s = _stream(stream)
-    by_norm = _clip_tables(state, settings, stream)
+    by_norm = _clip_tables(state, settings, stream, sparse)
+    if sparse:
+        _update_sparse(state, sparse, settings, lr, by_norm, stream)
     for group in state.groups:
         dev = group.device
         if not dev.chunk_count:
@@ -405,3 +420,21 @@ def update(state, grads, lr, settings, stream):
             dt(settings.weight_decay), dt(1.0 - settings.beta_1), dt(settings.beta_2),
             dt(settings.epsilon), dt(settings.bias_correction(group.slot_dtype)), mom,
             one - mom, settings.overwrite)
+
+
+def _update_sparse(state, sparse, settings, lr, by_norm, stream):
+    """The lazy row updates of the variables in ``sparse`` (see ``_core._update_sparse``),
+    with the clip factors the dense pass uses (the device ``clip_table`` when
+    ``by_norm``); mutates their touched rows."""
+    hp = state.hyperparameters
+    inf = math.inf
+    clip = (1.0, 1.0, settings.clipvalue) if settings.clipvalue and not by_norm else \
+        (1.0, 1.0, inf)
+    for i, rows in sparse.items():
+        group, k = state.group_of(i)
+        has_wd = hp.weight_decay is not None and state.weight_decay_mask[i]
+        _sparse.update_on_device(rows, state.flat[i], stream, settings.loss_scale or 1.0,
+                                 settings.steps, group.device.clip_table if by_norm else None,
+                                 k, clip, lr, has_wd, settings.weight_decay,
+                                 1.0 - settings.beta_1, settings.beta_2, settings.epsilon,
+                                 settings.bias_correction(group.slot_dtype))

@@ -286,47 +286,72 @@ def stream(value):
 def sparse_gradient(g, var, label):
     """Check an ``IndexedSlices`` gradient against its variable.
 
-    ``values``: a C-contiguous ndarray of the variable's dtype, shaped
-    ``(len(indices), *var.shape[1:])``. ``indices``: a 1-D ndarray of an integer
-    dtype, every entry in ``[0, var.shape[0])``. ``dense_shape``: None or the
-    variable's shape. Raises ``TypeError`` for a wrong kind of object or dtype and
-    ``ValueError`` for a wrong shape, layout or index.
+    ``values``: a C-contiguous array of the variable's dtype, shaped
+    ``(len(indices), *var.shape[1:])``, on the variable's device (an ndarray for a
+    NumPy variable, a CUDA device array for a device variable). ``indices``: a 1-D
+    array of an integer dtype, every entry in ``[0, var.shape[0])``: an ndarray, or
+    for a device variable also a CUDA device array (copied to the host for the range
+    check). ``dense_shape``: None or the variable's shape. Raises ``TypeError`` for a
+    wrong kind of object or dtype and ``ValueError`` for a wrong shape, layout or index.
     """
     values, indices, dense_shape = g.values, g.indices, g.dense_shape
-    if _devices.kind(var) == _devices.CUDA:
-        raise NotImplementedError(f"{label} is an IndexedSlices, but sparse gradients are "
-                                  "supported on the CPU only; pass a dense device gradient.")
+    on_device = _devices.kind(var) == _devices.CUDA
     if var.ndim == 0:
         raise ValueError(f"{label} is an IndexedSlices, but its variable is a scalar; "
                          "sparse gradients index axis 0.")
-    if not isinstance(values, np.ndarray):
-        raise TypeError(f"{label}: `values` must be a numpy.ndarray, got {_describe(values)}.")
+    if on_device:
+        if _devices.kind(values) != _devices.CUDA:
+            raise TypeError(f"{label}: `values` must be a CUDA device array like its variable, "
+                            f"got {_describe(values)}; CPU and GPU arrays cannot be mixed.")
+        view = _devices.as_device_array(values, f"{label}: `values`")
+        values_shape, values_dtype = tuple(view.shape), view.dtype
+        contiguous = view.is_c_contiguous()
+        if _devices.kind(indices) == _devices.CUDA:
+            indices_view = _devices.as_device_array(indices, f"{label}: `indices`")
+            if indices_view.dtype.kind not in "iu":
+                raise TypeError(f"{label}: `indices` has dtype {indices_view.dtype}; expected "
+                                "an integer dtype.")
+            if indices_view.ndim != 1:
+                raise ValueError(f"{label}: `indices` must be 1-D, got shape "
+                                 f"{tuple(indices_view.shape)}.")
+            indices = indices_view.copy_to_host()
+    else:
+        if not isinstance(values, np.ndarray):
+            mixed = ("; CPU and GPU arrays cannot be mixed" if _devices.is_device_array(values)
+                     else "")
+            raise TypeError(f"{label}: `values` must be a numpy.ndarray, got "
+                            f"{_describe(values)}{mixed}.")
+        values_shape, values_dtype = values.shape, values.dtype
+        contiguous = values.flags.c_contiguous
     if not isinstance(indices, np.ndarray):
-        raise TypeError(f"{label}: `indices` must be a numpy.ndarray of integers, got "
+        kinds = ("a numpy.ndarray or a CUDA device array" if on_device
+                 else "a numpy.ndarray")
+        raise TypeError(f"{label}: `indices` must be {kinds} of integers, got "
                         f"{_describe(indices)}.")
     if indices.dtype.kind not in "iu":
         raise TypeError(f"{label}: `indices` has dtype {indices.dtype}; expected an integer "
                         "dtype.")
     if indices.ndim != 1:
         raise ValueError(f"{label}: `indices` must be 1-D, got shape {indices.shape}.")
-    if values.dtype != var.dtype:
-        raise TypeError(f"{label}: `values` has dtype {values.dtype} but its variable has "
+    if values_dtype != var.dtype:
+        raise TypeError(f"{label}: `values` has dtype {values_dtype} but its variable has "
                         f"dtype {var.dtype}.")
-    expected = (indices.shape[0], *var.shape[1:])
-    if values.ndim == 0 or values.shape[0] != indices.shape[0]:
-        raise ValueError(f"{label}: `values` has shape {values.shape} but `indices` has "
+    var_shape = tuple(var.shape)
+    expected = (indices.shape[0], *var_shape[1:])
+    if len(values_shape) == 0 or values_shape[0] != indices.shape[0]:
+        raise ValueError(f"{label}: `values` has shape {values_shape} but `indices` has "
                          f"length {indices.shape[0]}; they need one row per index.")
-    if values.shape != expected:
-        raise ValueError(f"{label}: `values` has shape {values.shape}; expected {expected} "
-                         f"(one row of shape {var.shape[1:]} per index).")
-    if not values.flags.c_contiguous:
+    if values_shape != expected:
+        raise ValueError(f"{label}: `values` has shape {values_shape}; expected {expected} "
+                         f"(one row of shape {var_shape[1:]} per index).")
+    if not contiguous:
         raise ValueError(f"{label}: `values` is not C-contiguous.")
     if indices.size:
         low, high = indices.min(), indices.max()
-        if low < 0 or high >= var.shape[0]:
+        if low < 0 or high >= var_shape[0]:
             bad = low if low < 0 else high
             raise ValueError(f"{label}: `indices` contains {int(bad)}, outside [0, "
-                             f"{var.shape[0]}) (rows of the variable; negative indices are "
+                             f"{var_shape[0]}) (rows of the variable; negative indices are "
                              "not accepted).")
     if dense_shape is not None:
         try:
@@ -334,9 +359,9 @@ def sparse_gradient(g, var, label):
         except TypeError:
             raise TypeError(f"{label}: `dense_shape` must be None or a sequence of ints, got "
                             f"{dense_shape!r}.") from None
-        if shape != var.shape:
+        if shape != tuple(var.shape):
             raise ValueError(f"{label}: `dense_shape` is {shape} but its variable has shape "
-                             f"{var.shape}.")
+                             f"{tuple(var.shape)}.")
 
 
 def exclusion_pattern(var_names):

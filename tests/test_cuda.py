@@ -1,4 +1,5 @@
-"""The CUDA backend: parity with the CPU kernels, Keras vectors, float16, dispatch.
+"""The CUDA backend: parity with the CPU kernels, Keras vectors, float16, dispatch, and
+sparse ``IndexedSlices`` gradients (parity with the CPU's lazy path, the legacy-TF vectors).
 
 Runs under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) in CI and unchanged on a
 real GPU; skipped otherwise. ``_cuda.BLOCK_SIZE`` and ``_state.CHUNK`` are patched small,
@@ -8,7 +9,8 @@ Tolerances: the CPU and CUDA kernels run the same float operations in the same o
 every element, so results are compared bit for bit, except under ``clipnorm`` /
 ``global_clipnorm``: the device sums squares in thread-strided order (then per chunk
 and per variable in a fixed order), the CPU in element order, so the float64 norms may
-differ in the last bits; there ``rtol=1e-6`` (float32).
+differ in the last bits; there ``rtol=1e-6`` (float32). Sparse gradients' norms are summed in the CPU's order, so
+calls whose gradients are all sparse are compared bit for bit under clipping by norm too.
 """
 import os
 import warnings
@@ -27,6 +29,8 @@ import numba_adamax as na  # noqa: E402
 from numba_adamax import _cuda, _devices, _state  # noqa: E402
 from configs import CONFIGS, Clock, build_optimizer  # noqa: E402
 from conformance import load_keras_configs, optimizer_kwargs  # noqa: E402
+from test_sparse import (PATTERNS, TF_NAMES, legacy_grads, legacy_kwargs,  # noqa: E402
+                         make_gradient, replay_legacy)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
@@ -264,15 +268,6 @@ def test_device_arrays_without_numba_cuda_are_refused(monkeypatch):
     np.testing.assert_array_equal(variable.copy_to_host(), np.ones(4, np.float32))
 
 
-def test_sparse_gradients_of_device_variables_are_not_implemented():
-    variable = cuda.to_device(np.ones((4, 2), np.float32))
-    opt = na.Adamax()
-    slices = na.IndexedSlices(np.ones((1, 2), np.float32), np.array([1]))
-    with pytest.raises(NotImplementedError, match="CPU only"):
-        opt.apply([slices], [variable])
-    assert not opt.built
-
-
 def test_stream_argument_runs_the_same_steps():
     params, grads = _problem(7, 3, with_none=False)
     a_vars, b_vars = [cuda.to_device(p) for p in params], [cuda.to_device(p) for p in params]
@@ -311,3 +306,281 @@ def test_checkpoints_move_between_cpu_and_cuda():
     back.set_weights(gpu.get_weights())
     for a, b in zip(cpu.get_weights(), back.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+# ============================================================ sparse gradients (IndexedSlices)
+
+SPARSE_NAMES = ["w_emb", "bias", "big"]  # as tests/test_sparse.py: match configs' exclusions
+SPARSE_SHAPES = [(6, 3), (9,), (4, 2, 2)]
+
+
+def _to_device_slices(g, rng):
+    """``g`` with its ``values`` on the device, and its ``indices`` there half of the time."""
+    if not isinstance(g, na.IndexedSlices):
+        return None if g is None else cuda.to_device(g)
+    indices = cuda.to_device(g.indices) if rng.random() < 0.5 else g.indices.copy()
+    return na.IndexedSlices(cuda.to_device(g.values), indices, g.dense_shape)
+
+
+def _copy_slices(g):
+    if isinstance(g, na.IndexedSlices):
+        return na.IndexedSlices(g.values.copy(), g.indices.copy(), g.dense_shape)
+    return None if g is None else g.copy()
+
+
+def _sparse_calls(seed, steps, kinds=("sparse", "sparse", "dense", "none"), dtype=np.float32):
+    """Random calls mixing sparse (every index pattern), dense and missing gradients."""
+    rng = np.random.default_rng(seed)
+    init = [rng.standard_normal(shape).astype(dtype) for shape in SPARSE_SHAPES]
+    calls = []
+    for _ in range(steps):
+        chosen = [kinds[rng.integers(len(kinds))] for _ in SPARSE_SHAPES]
+        if all(k == "none" for k in chosen):
+            chosen[0] = "sparse"
+        calls.append([make_gradient(rng, kind, PATTERNS[rng.integers(len(PATTERNS))], shape,
+                                    dtype) for kind, shape in zip(chosen, SPARSE_SHAPES)])
+    return init, calls
+
+
+def _run_cpu_and_cuda(config, init, calls, seed=0):
+    """Run ``calls`` through a CPU and a CUDA optimizer; returns both (optimizer, variables)."""
+    rng = np.random.default_rng(seed)
+    clock = Clock()
+    cpu_vars, gpu_vars = [p.copy() for p in init], [cuda.to_device(p) for p in init]
+    cpu, gpu = build_optimizer(config, clock), build_optimizer(config, clock)
+    cpu.build(cpu_vars, names=SPARSE_NAMES)
+    gpu.build(gpu_vars, names=SPARSE_NAMES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # missing gradients
+        for s, call in enumerate(calls):
+            clock.step = s
+            cpu.apply([_copy_slices(g) for g in call], cpu_vars)
+            gpu.apply([_to_device_slices(g, rng) for g in call], gpu_vars)
+    return (cpu, cpu_vars), (gpu, gpu_vars)
+
+
+def _assert_same_state(cpu_run, gpu_run, exact, what):
+    (cpu, cpu_vars), (gpu, gpu_vars) = cpu_run, gpu_run
+    assert gpu.iterations == cpu.iterations
+    for j, (a, b) in enumerate(zip(cpu_vars, gpu_vars)):
+        _assert_same(a, b, exact, f"{what}: variable {j}")
+    for j, (a, b) in enumerate(zip(cpu.variables[1:], gpu.variables[1:])):
+        _assert_same(a, b, exact, f"{what}: slot {j}")
+    assert len(cpu.state.touched_rows) == len(gpu.state.touched_rows)
+    for a, b in zip(cpu.state.touched_rows, gpu.state.touched_rows):
+        np.testing.assert_array_equal(a, b, err_msg=f"{what}: touched rows")
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_sparse_gradients_match_the_cpu(name):
+    """Sparse, dense and missing gradients mixed: duplicates, empty index lists, every row,
+    one row many times; under accumulation, windows that mix dense and sparse calls."""
+    init, calls = _sparse_calls(sum(map(ord, name)), 5)
+    cpu_run, gpu_run = _run_cpu_and_cuda(CONFIGS[name], init, calls)
+    _assert_same_state(cpu_run, gpu_run, name not in NORM_CONFIGS, name)
+
+
+@pytest.mark.parametrize("name", sorted(NORM_CONFIGS))
+def test_sparse_only_calls_match_the_cpu_bit_for_bit_under_norm_clipping(name):
+    init, calls = _sparse_calls(11, 5, kinds=("sparse",))
+    cpu_run, gpu_run = _run_cpu_and_cuda(CONFIGS[name], init, calls)
+    _assert_same_state(cpu_run, gpu_run, True, name)
+
+
+def test_sparse_index_patterns_match_the_cpu():
+    """Each index pattern on its own, with weight decay, EMA and accumulation."""
+    config = CONFIGS["kitchen_sink"]
+    rng = np.random.default_rng(12)
+    init = [rng.standard_normal(shape).astype(np.float32) for shape in SPARSE_SHAPES]
+    calls = [[make_gradient(rng, "sparse", pattern, shape, np.float32)
+              for shape in SPARSE_SHAPES] for pattern in PATTERNS for _ in range(3)]
+    cpu_run, gpu_run = _run_cpu_and_cuda(config, init, calls)
+    _assert_same_state(cpu_run, gpu_run, True, "patterns")
+    assert any(m.any() for m in cpu_run[0].state.m)
+    # the last window ended on an update step: every mask is clear
+    assert not any(mask.any() for mask in gpu_run[0].state.touched_rows)
+
+
+def test_sparse_touched_rows_are_kept_within_a_window():
+    rng = np.random.default_rng(13)
+    init = [rng.standard_normal(shape).astype(np.float32) for shape in SPARSE_SHAPES]
+    g = [na.IndexedSlices(np.ones((3, 3), np.float32), np.array([4, 1, 4])), None,
+         rng.standard_normal(SPARSE_SHAPES[2]).astype(np.float32)]
+    cpu_run, gpu_run = _run_cpu_and_cuda(CONFIGS["grad_accum_3"], init, [g])
+    _assert_same_state(cpu_run, gpu_run, True, "window")
+    masks = gpu_run[0].state.touched_rows
+    np.testing.assert_array_equal(masks[0], [False, True, False, False, True, False])
+    assert not masks[1].any() and masks[2].all()
+
+
+def test_sparse_deduplication_sums_rows_in_order_on_the_device():
+    from numba_adamax import _sparse, _sparse_cpu
+    rng = np.random.default_rng(14)
+    indices = np.array([5, 2, 5, 5, 0, 2, 7])
+    values = (rng.standard_normal((7, 3)) * 10.0 ** rng.integers(-8, 8, (7, 1))).astype(
+        np.float32)
+    rows, summed = _sparse_cpu.deduplicate(False, indices, values)
+    slices = na.IndexedSlices(cuda.to_device(values), cuda.to_device(indices))
+    got_rows, got = _sparse.deduplicate_on_device(slices, np.dtype(np.float32), None)
+    np.testing.assert_array_equal(got_rows, rows)
+    np.testing.assert_array_equal(got.copy_to_host(), summed)
+    np.testing.assert_array_equal(rows, [5, 2, 0, 7])
+
+
+def test_sparse_float16_uses_float32_math_and_slots():
+    rng = np.random.default_rng(15)
+    shape = (6, 3)
+    init = rng.standard_normal(shape).astype(np.float16)
+    reference = init.astype(np.float32)
+    half = cuda.to_device(init)
+    kwargs = dict(learning_rate=0.01, weight_decay=0.05, clipnorm=0.8, loss_scale_factor=2.0)
+    ref_opt, opt = na.Adamax(**kwargs), na.Adamax(**kwargs)
+    for _ in range(4):
+        indices = rng.integers(0, 6, 5)
+        values = rng.standard_normal((5, 3)).astype(np.float16)
+        ref_opt.apply([na.IndexedSlices(values.astype(np.float32), indices)], [reference])
+        reference[...] = reference.astype(np.float16).astype(np.float32)
+        opt.apply([na.IndexedSlices(cuda.to_device(values), indices)], [half])
+    assert half.dtype == np.float16 and opt.state.m[0].dtype == np.float32
+    np.testing.assert_array_equal(half.copy_to_host(), reference.astype(np.float16))
+    np.testing.assert_array_equal(opt.state.m[0].copy_to_host(), ref_opt.state.m[0])
+    np.testing.assert_array_equal(opt.state.u[0].copy_to_host(), ref_opt.state.u[0])
+
+
+def test_sparse_cuda_array_interface_values_and_indices():
+    rng = np.random.default_rng(16)
+    table = rng.standard_normal((5, 2)).astype(np.float32)
+    held, cpu_table = table.copy(), table.copy()
+    variable = CudaInterfaceArray(held)
+    opt, cpu = na.Adamax(0.1), na.Adamax(0.1)
+    for _ in range(3):
+        indices = rng.integers(0, 5, 4)
+        values = rng.standard_normal((4, 2)).astype(np.float32)
+        opt.apply([na.IndexedSlices(CudaInterfaceArray(values.copy()),
+                                    CudaInterfaceArray(indices.copy()))], [variable])
+        cpu.apply([na.IndexedSlices(values, indices)], [cpu_table])
+    np.testing.assert_array_equal(held, cpu_table)
+
+
+@pytest.mark.parametrize("name", TF_NAMES)
+def test_legacy_tf_sparse_vectors_replay_on_cuda(name):
+    """The recorded legacy-TF trajectories, on device variables: the CPU replay's bits at
+    every step, and the recordings within the CPU test's tolerances."""
+    from test_sparse import TF, _legacy_tolerance
+    cfg = TF[name]
+    want, _ = replay_legacy(name, "class")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # lr and decay are deprecated
+        opt = na.Adamax(**legacy_kwargs(cfg))
+    variables = [cuda.to_device(np.array(cfg.arrays[f"value{j}"][0])) for j in range(cfg.n_vars)]
+    opt.build(variables, names=cfg.var_names)
+    for s in range(cfg.steps):
+        grads = [_to_device_slices(g, np.random.default_rng(s)) for g in legacy_grads(cfg, s)]
+        opt.apply(grads, variables)
+        for j in range(cfg.n_vars):
+            for key, got in (("value", variables[j]), ("m", opt.state.m[j]),
+                             ("v", opt.state.u[j])):
+                got = got.copy_to_host()
+                np.testing.assert_array_equal(got, want[f"{key}{j}"][s + 1],
+                                              err_msg=f"{name}/{key}{j} after {s + 1} steps")
+                recorded = cfg.arrays[f"{key}{j}"][s + 1]
+                np.testing.assert_allclose(got, recorded, **_legacy_tolerance(recorded))
+    assert opt.iterations == cfg.arrays["iterations"][-1]
+
+
+def _sparse_bad_inputs():
+    """(label, builder of a bad gradient for a (6, 3) float32 device variable, exception,
+    message)."""
+    v = np.ones((2, 3), np.float32)
+    i = np.array([0, 5])
+    return [
+        ("host values", lambda: na.IndexedSlices(v, i), TypeError, "cannot be mixed"),
+        ("values list", lambda: na.IndexedSlices([[1.0] * 3] * 2, i), TypeError,
+         "`values` must be a CUDA device array"),
+        ("values dtype", lambda: na.IndexedSlices(cuda.to_device(v.astype(np.float64)), i),
+         TypeError, "`values` has dtype float64"),
+        ("row shape", lambda: na.IndexedSlices(cuda.to_device(np.ones((2, 4), np.float32)), i),
+         ValueError, r"expected \(2, 3\)"),
+        ("length mismatch", lambda: na.IndexedSlices(cuda.to_device(v), np.array([0, 1, 2])),
+         ValueError, "length 3"),
+        ("values not contiguous",
+         lambda: na.IndexedSlices(cuda.to_device(np.ones((3, 2), np.float32).T), i), ValueError,
+         "not C-contiguous"),
+        ("indices list", lambda: na.IndexedSlices(cuda.to_device(v), [0, 5]), TypeError,
+         "`indices` must be a numpy.ndarray or a CUDA device array"),
+        ("device indices float",
+         lambda: na.IndexedSlices(cuda.to_device(v), cuda.to_device(i.astype(float))), TypeError,
+         "integer dtype"),
+        ("device indices 2-D",
+         lambda: na.IndexedSlices(cuda.to_device(v), cuda.to_device(i.reshape(2, 1))),
+         ValueError, "1-D"),
+        ("device index too large",
+         lambda: na.IndexedSlices(cuda.to_device(v), cuda.to_device(np.array([0, 6]))),
+         ValueError, r"contains 6, outside \[0, 6\)"),
+        ("negative index", lambda: na.IndexedSlices(cuda.to_device(v), np.array([-1, 0])),
+         ValueError, "contains -1"),
+        ("dense_shape", lambda: na.IndexedSlices(cuda.to_device(v), i, dense_shape=(6, 4)),
+         ValueError, "`dense_shape` is"),
+    ]
+
+
+SPARSE_BAD = _sparse_bad_inputs()
+
+
+def _everything(opt, variables):
+    return _snapshot(opt, variables) + [m.copy() for m in opt.state.touched_rows] + \
+        [np.array(opt.state.raw_steps)]
+
+
+@pytest.mark.parametrize("label,make,exc,message", SPARSE_BAD, ids=[b[0] for b in SPARSE_BAD])
+def test_bad_sparse_device_gradient_changes_nothing(label, make, exc, message):
+    rng = np.random.default_rng(17)
+    variables = [cuda.to_device(rng.standard_normal(4).astype(np.float32)),
+                 cuda.to_device(rng.standard_normal((6, 3)).astype(np.float32))]
+    good = na.IndexedSlices(cuda.to_device(np.ones(2, np.float32)), np.array([1, 1]))
+    opt = na.Adamax(0.1, use_ema=True, gradient_accumulation_steps=2)
+    with pytest.raises(exc, match=message):  # a failed first call builds nothing
+        opt.apply([good, make()], variables)
+    assert not opt.built
+    opt.apply([good, na.IndexedSlices(cuda.to_device(np.ones((1, 3), np.float32)),
+                                      np.array([2]))], variables)
+    before = _everything(opt, variables)
+    with pytest.raises(exc, match=message) as info:
+        opt.apply([good, make()], variables)
+    assert "gradient for variable 'variable_1'" in str(info.value)
+    for x, y in zip(before, _everything(opt, variables)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_device_values_for_a_cpu_variable_are_refused():
+    w = np.ones((4, 2), np.float32)
+    opt = na.Adamax()
+    with pytest.raises(TypeError, match="`values` must be a numpy.ndarray.*cannot be mixed"):
+        opt.apply([na.IndexedSlices(cuda.to_device(np.ones((1, 2), np.float32)),
+                                    np.array([1]))], [w])
+    assert not opt.built
+    np.testing.assert_array_equal(w, np.ones((4, 2), np.float32))
+
+
+@pytest.mark.parametrize("policy", ["skip", "raise"])
+def test_sparse_nonfinite_policies_change_nothing(policy):
+    rng = np.random.default_rng(18)
+    variables = [cuda.to_device(rng.standard_normal((6, 3)).astype(np.float32)),
+                 cuda.to_device(rng.standard_normal(4).astype(np.float32))]
+    opt = na.Adamax(0.1, nonfinite=policy)
+    dense = cuda.to_device(np.ones(4, np.float32))
+    opt.apply([na.IndexedSlices(cuda.to_device(np.ones((2, 3), np.float32)), np.array([0, 3])),
+               dense], variables)
+    values = np.ones((2, 3), np.float32)
+    values[1, 2] = np.nan
+    bad = na.IndexedSlices(cuda.to_device(values), np.array([1, 1]))
+    before = _everything(opt, variables)
+    if policy == "raise":
+        with pytest.raises(FloatingPointError, match="'variable_0'"):
+            opt.apply([bad, dense], variables)
+    else:
+        opt.apply([bad, dense], variables)
+        assert opt.skipped_steps == 1
+    for x, y in zip(before, _everything(opt, variables)):
+        np.testing.assert_array_equal(x, y)
+    assert opt.iterations == 1

@@ -559,3 +559,48 @@ def test_indexed_slices_repr_and_export():
     assert "IndexedSlices" in na.__all__
     assert repr(g) == ("IndexedSlices(values=array(2, 3) float32, indices=array(2,) int64, "
                        "dense_shape=(4, 3))")
+
+
+@pytest.mark.parametrize("policy", ["skip", "raise"])
+def test_nonfinite_sparse_values_follow_the_policy_and_change_nothing(policy):
+    rng = np.random.default_rng(3)
+    params = [rng.standard_normal((6, 3)).astype(np.float32),
+              rng.standard_normal(4).astype(np.float32)]
+    state = na.init(params, learning_rate=0.1, nonfinite=policy)
+    na.step(params, [na.IndexedSlices(np.ones((1, 3), np.float32), np.array([2])),
+                     np.ones(4, np.float32)], state)
+    values = np.ones((2, 3), np.float32)
+    values[0, 1] = np.inf
+    before = _everything(params, state)
+    bad = [na.IndexedSlices(values, np.array([4, 4])), np.ones(4, np.float32)]
+    if policy == "raise":
+        with pytest.raises(FloatingPointError, match="'variable_0'"):
+            na.step(params, bad, state)
+    else:
+        na.step(params, bad, state)
+        assert state.skipped_steps == 1
+    for x, y in zip(before, _everything(params, state)):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_plan_gives_the_rows_and_sums_of_deduplicate(pattern):
+    """``_sparse.plan`` (the host plan device deduplication follows) lists the rows of the
+    deduplication kernel, and summing by it in order gives its bits."""
+    from numba_adamax import _sparse, _sparse_cpu
+    rng = np.random.default_rng(4)
+    indices = make_indices(rng, pattern, 7)
+    values = (rng.standard_normal((indices.size, 2))
+              * 10.0 ** rng.integers(-6, 6, (indices.size, 1))).astype(np.float32)
+    rows, summed = _sparse_cpu.deduplicate(False, indices.astype(np.int64), values)
+    plan = _sparse.plan(indices)
+    np.testing.assert_array_equal(plan.rows, rows)
+    out = np.empty((rows.size, 2), np.float32)
+    for s in range(rows.size):
+        members = plan.members[plan.start[s]:plan.start[s + 1]]
+        out[s] = values[members[0]]
+        for q in members[1:]:
+            out[s] = out[s] + values[q]
+        assert np.all(indices[members] == rows[s]) and np.all(np.diff(members) > 0)
+    np.testing.assert_array_equal(out, summed)
+    assert plan.start[-1] == indices.size
