@@ -39,10 +39,10 @@ import time
 import numpy as np
 
 from . import _contenders
-from ._contenders import NumpyAdamax, Unavailable
+from ._contenders import NumpyAdamax, Unavailable, mixed_shapes
 
 __all__ = ["NumpyAdamax", "configure_threads", "describe_machine", "format_report", "main",
-           "measure", "plot"]
+           "measure", "mixed_shapes", "plot"]
 
 #: Contender keys, in table order, and their column titles.
 CONTENDERS = {
@@ -169,7 +169,7 @@ def run_cases(args, threads):
     itemsize = np.dtype(args.dtype).itemsize
     shape_sets = [("dense", [(int(size),)]) for size in args.sizes]
     if args.tensors:
-        shapes = _contenders.mixed_shapes(args.tensors, int(args.tensors_total))
+        shapes = mixed_shapes(args.tensors, int(args.tensors_total))
         shape_sets.append(("tensors", shapes))
     for kind, shapes in shape_sets:
         ws, gs = _problem(shapes, args.dtype)
