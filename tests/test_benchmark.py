@@ -44,6 +44,8 @@ def test_json_has_every_case_and_contender(small_run):
         for name, t in case["times"].items():
             assert 0 < t["min"] <= t["median"], name
             assert t["rounds"] >= 3 and t["steps_per_round"] >= 1
+            assert t["effective_gb_per_s"] == pytest.approx(
+                28 * case["elements"] / t["median"] / 1e9)
         assert case["ratios"]["numba_adamax/roofline"] == pytest.approx(
             case["times"]["numba_adamax"]["median"] / case["times"]["roofline"]["median"])
         ref = case["reference"]
