@@ -280,6 +280,10 @@ def format_report(report):
            "Threads: " + ", ".join(f"{k} {v}" for k, v in t.items()) + ".",
            "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
            ""]
+    if m["load_average"] and m["load_average"][0] > 0.5:
+        out[-1:] = ["Note: other processes were using the CPUs at the start (load average "
+                    f"{m['load_average'][0]:.2f}); a parallel step waits for its slowest "
+                    "thread, so parallel timings may be inflated.", ""]
     names = [n for n in CONTENDERS if any(n in c["times"] for c in report["cases"])]
     out.append(_markdown(["elements"] + [CONTENDERS[n] for n in names], [
         [_case_label(c)] + [_fmt_time(c["times"][n]["median"]) if n in c["times"] else "—"
