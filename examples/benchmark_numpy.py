@@ -2,8 +2,9 @@
 
 Both run the same update (Keras 3 Adamax, float32 by default) on the same data in
 the same process, alternating, and the table reports medians and the ratio.
-The NumPy version preallocates its temporaries and uses ``out=`` everywhere, so it
-does no allocation per step.
+The NumPy version (``numba_adamax.benchmark.NumpyAdamax``) preallocates its
+temporaries and uses ``out=`` everywhere, so it does no allocation per step.
+``python -m numba_adamax.benchmark`` compares more implementations.
 
     python examples/benchmark_numpy.py --sizes 1e3 1e5 1e7
 """
@@ -13,34 +14,7 @@ import time
 import numpy as np
 
 import numba_adamax as na
-
-
-class NumpyAdamax:
-    """Keras 3 Adamax in NumPy ufuncs with preallocated buffers (the baseline)."""
-
-    def __init__(self, w, learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        dt = w.dtype.type
-        self.lr, self.b1, self.b2, self.eps = dt(learning_rate), beta_1, dt(beta_2), dt(epsilon)
-        self.one_minus_b1 = dt(1.0 - beta_1)
-        self.m, self.u = np.zeros_like(w), np.zeros_like(w)
-        self.tmp, self.tmp2 = np.empty_like(w), np.empty_like(w)
-        self.t = 0
-
-    def step(self, w, g):
-        self.t += 1
-        dt = w.dtype.type
-        m, u, tmp, tmp2 = self.m, self.u, self.tmp, self.tmp2
-        np.subtract(g, m, out=tmp)
-        np.multiply(tmp, self.one_minus_b1, out=tmp)
-        np.add(m, tmp, out=m)
-        np.multiply(u, self.b2, out=u)
-        np.abs(g, out=tmp)
-        np.maximum(u, tmp, out=u)
-        np.multiply(m, self.lr, out=tmp)
-        np.add(u, self.eps, out=tmp2)
-        np.multiply(tmp2, dt(1) - dt(self.b1) ** dt(self.t), out=tmp2)
-        np.divide(tmp, tmp2, out=tmp)
-        np.subtract(w, tmp, out=w)
+from numba_adamax.benchmark import NumpyAdamax
 
 
 def _median_seconds(fn, repeats):

@@ -1,0 +1,74 @@
+"""Start-up costs, each measured in a fresh Python process.
+
+* ``TrackFirstStep.track_compile_seconds``: the first step with an empty Numba cache
+  (a new ``NUMBA_CACHE_DIR``), which compiles the kernels the step uses;
+* ``TrackWarmStart.track_import_and_first_step_seconds``: ``import numba_adamax``
+  plus the first step, with the kernels already in the on-disk cache (filled in
+  ``setup``).
+
+The child process times itself, so interpreter start-up is not counted.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from .common import FEATURES
+
+_CHILD = """
+import json, sys, time
+start = time.perf_counter()
+import numpy as np
+import numba_adamax as na
+imported = time.perf_counter()
+w, g = np.ones(1000, np.float32), np.ones(1000, np.float32)
+na.Adamax(learning_rate=0.001, **json.loads(sys.argv[1])).apply([g], [w])
+done = time.perf_counter()
+print(json.dumps({"import": imported - start, "first_step": done - imported}))
+"""
+
+
+def run_child(cache_dir, feature):
+    """Run ``_CHILD`` with ``NUMBA_CACHE_DIR=cache_dir``; returns its timings."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(FEATURES[feature])],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class TrackFirstStep:
+    params = (["plain", "clipnorm"],)
+    param_names = ["feature"]
+    timeout = 600
+
+    def setup(self, feature):
+        self.cache_dir = tempfile.mkdtemp(prefix="numba-adamax-asv-")
+
+    def teardown(self, feature):
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+    def track_compile_seconds(self, feature):
+        return run_child(self.cache_dir, feature)["first_step"]
+
+    track_compile_seconds.unit = "seconds"
+
+
+class TrackWarmStart:
+    params = (["plain", "clipnorm"],)
+    param_names = ["feature"]
+    timeout = 600
+
+    def setup(self, feature):
+        self.cache_dir = tempfile.mkdtemp(prefix="numba-adamax-asv-")
+        run_child(self.cache_dir, feature)  # fill the cache
+
+    def teardown(self, feature):
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+
+    def track_import_and_first_step_seconds(self, feature):
+        timings = run_child(self.cache_dir, feature)
+        return timings["import"] + timings["first_step"]
+
+    track_import_and_first_step_seconds.unit = "seconds"

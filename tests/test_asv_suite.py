@@ -1,0 +1,109 @@
+"""The asv suite in asv_benchmarks/: asv accepts it, and its setups and bodies run.
+
+``asv check`` only imports the benchmark modules and checks their signatures, so the
+other tests call the benchmark classes directly on their smallest parameters.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ASV_DIR = ROOT / "asv_benchmarks"
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    [str(ROOT), str(ASV_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+
+sys.path.insert(0, str(ASV_DIR))
+from benchmarks import bench_compile, bench_many, bench_step, common  # noqa: E402
+
+
+def _cuda_available():
+    try:
+        from numba import cuda
+    except ImportError:
+        return False
+    return cuda.is_available()
+
+
+def test_asv_check_accepts_the_suite():
+    pytest.importorskip("asv", reason="asv is not installed (pip install -e '.[bench]')")
+    proc = subprocess.run([sys.executable, "-m", "asv", "check", "-E", "existing:same"],
+                          cwd=ASV_DIR, capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "No problems found" in proc.stdout
+
+
+@pytest.mark.parametrize("feature", list(common.FEATURES))
+def test_dense_step_setup_and_body_update_the_variable(feature):
+    bench = bench_step.TimeDenseStep()
+    bench.setup(1000, "float32", feature, "cpu")
+    before = bench.w[0].copy()
+    bench.time_step(1000, "float32", feature, "cpu")
+    assert not np.array_equal(bench.w[0], before)
+    assert bench.opt.iterations == 2  # the warm-up step and the timed one
+
+
+@pytest.mark.parametrize("path", ["list", "flat"])
+def test_many_tensors_setup_and_body_update_every_tensor(path):
+    bench = bench_many.TimeManyTensors()
+    bench.setup(path, "cpu")
+    arrays = bench.params_.arrays if path == "flat" else bench.params_
+    assert len(arrays) == bench_many.COUNT
+    assert 0.9 * bench_many.TOTAL < sum(a.size for a in arrays) < 1.1 * bench_many.TOTAL
+    before = [a.copy() for a in arrays]
+    bench.time_step(path, "cpu")
+    assert all(not np.array_equal(a, b) for a, b in zip(arrays, before))
+
+
+def test_cuda_half_is_skipped_exactly_when_there_is_no_gpu():
+    cases = [(bench_step.TimeDenseStep(), (1000, "float32", "plain", "cuda")),
+             (bench_step.TimeLargeDenseStep(), (10_000_000, "cuda")),
+             (bench_many.TimeManyTensors(), ("list", "cuda"))]
+    for bench, params in cases:
+        if _cuda_available():
+            bench.setup(*params)
+            bench.time_step(*params)
+        else:
+            with pytest.raises(NotImplementedError, match="CUDA|cuda"):
+                bench.setup(*params)
+
+
+def test_flat_buffer_path_has_no_cuda_half():
+    with pytest.raises(NotImplementedError):
+        bench_many.TimeManyTensors().setup("flat", "cuda")
+
+
+_MEMORY_CHILD = """
+import json, sys
+from benchmarks.bench_step import MemDenseStep
+bench = MemDenseStep()
+bench.setup(int(sys.argv[1]), sys.argv[2])
+print(json.dumps(bench.track_peak_growth(int(sys.argv[1]), sys.argv[2])))
+"""
+
+
+@pytest.mark.parametrize("feature", ["plain", "clipnorm", "ema", "accumulation"])
+def test_a_step_allocates_no_temporary_proportional_to_the_size(feature):
+    size = 10_000_000  # 40 MB of float32: a temporary that size would show in the peak
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(size), feature],
+                          capture_output=True, text=True, timeout=300, env=ENV, cwd=ASV_DIR)
+    assert proc.returncode == 0, proc.stderr
+    growth = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert growth < size * 4 // 8, f"a step raised the peak memory by {growth} bytes"
+
+
+def test_compile_track_compiles_into_a_fresh_cache():
+    bench = bench_compile.TrackFirstStep()
+    bench.setup("plain")
+    cache = Path(bench.cache_dir)
+    try:
+        assert not any(cache.rglob("*.nbi"))
+        assert bench.track_compile_seconds("plain") > 0
+        assert any(cache.rglob("*.nbi"))  # the child compiled, into this cache
+    finally:
+        bench.teardown("plain")
+    assert not cache.exists()

@@ -1,0 +1,118 @@
+"""``python -m numba_adamax.benchmark``: a small run and its JSON, the timing loop's
+step count, and that importing the package leaves the benchmark alone."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numba_adamax import benchmark
+from numba_adamax._contenders import VARIANTS, mixed_shapes
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    cmd = [sys.executable, "-m", "numba_adamax.benchmark", "--sizes", "1e3", "--tensors", "6",
+           "--tensors-total", "2e4", "--repeats", "3", "--batch-time", "0.001",
+           "--json", str(out / "bench.json"), "--plot", str(out / "bench.png")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc, json.loads((out / "bench.json").read_text()), out / "bench.png"
+
+
+def test_json_has_every_case_and_contender(small_run):
+    _, report, _ = small_run
+    assert report["format_version"] == 1 and report["dtype"] == "float32"
+    assert [(c["case"], c["tensors"]) for c in report["cases"]] == [("dense", 1), ("tensors", 6)]
+    assert report["cases"][0]["elements"] == 1000
+    assert report["cases"][0]["reference"] == "numba_adamax"
+    assert report["cases"][1]["reference"] == "flat"
+    for case in report["cases"]:
+        for name in benchmark.CONTENDERS:  # timed, or skipped with a reason
+            assert (name in case["times"]) != (name in report["skipped"]), name
+        for name in ("numba_adamax", "flat", "roofline", "numpy"):
+            assert name in case["times"]
+        for name, t in case["times"].items():
+            assert 0 < t["min"] <= t["median"], name
+            assert t["rounds"] >= 3 and t["steps_per_round"] >= 1
+            assert t["effective_gb_per_s"] == pytest.approx(
+                28 * case["elements"] / t["median"] / 1e9)
+        assert case["ratios"]["numba_adamax/roofline"] == pytest.approx(
+            case["times"]["numba_adamax"]["median"] / case["times"]["roofline"]["median"])
+        ref = case["reference"]
+        for peer in benchmark.PEERS:
+            ratio = case["ratios"][f"{peer}/{ref}"]
+            assert (ratio is None) == (peer not in case["times"])
+
+
+def test_json_has_every_variant_against_its_roofline(small_run):
+    _, report, _ = small_run
+    assert [v["variant"] for v in report["variants"]] == list(benchmark.VARIANT_NAMES)
+    for v in report["variants"]:
+        options, calls, nbytes = VARIANTS[v["variant"]]
+        assert (v["options"], v["calls_per_step"], v["bytes_per_element"]) == (options, calls,
+                                                                               nbytes)
+        assert v["ratio"] == pytest.approx(v["times"]["numba_adamax"]["median"]
+                                           / v["times"]["roofline"]["median"])
+
+
+def test_report_describes_the_machine_and_prints_tables(small_run):
+    proc, report, plot = small_run
+    machine = report["machine"]
+    assert machine["cpu"] and machine["logical_cpus"] >= 1
+    threads = machine["threads"]
+    assert 1 <= threads["numba"] <= threads["cpus"]
+    if "torch_foreach" in report["cases"][0]["times"]:
+        assert threads["torch"] == threads["cpus"]
+    assert machine["versions"]["numba_adamax"] == "0.1.0"
+    assert "| elements | numba_adamax | FlatBuffer | roofline | NumPy |" in proc.stdout
+    assert "numba_adamax / roofline" in proc.stdout
+    for skipped in report["skipped"]:
+        assert f"Skipped {benchmark.CONTENDERS[skipped]}:" in proc.stdout
+    if importlib.util.find_spec("matplotlib"):
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert not plot.exists()
+
+
+def test_measure_counts_every_step():
+    calls = {"a": 0, "b": 0}
+
+    def make(name):
+        def step():
+            calls[name] += 1
+        return step
+
+    result = benchmark.measure({"a": make("a"), "b": make("b")}, rounds=4, batch_time=1e-4)
+    for name in calls:
+        r = result[name]
+        assert r["rounds"] == 4
+        assert calls[name] == 3 + 3 + r["rounds"] * r["steps_per_round"]  # warm-up, single
+
+
+def test_mixed_shapes_are_many_small_tensors_of_the_requested_total():
+    shapes = mixed_shapes(300, 5_000_000)
+    assert len(shapes) == 300
+    total = sum(int(np.prod(s)) for s in shapes)
+    assert 0.95 * 5_000_000 < total < 1.05 * 5_000_000
+    assert shapes == mixed_shapes(300, 5_000_000)  # seeded
+
+
+def test_importing_the_package_does_not_import_the_benchmark():
+    code = ("import sys, numba_adamax; "
+            "print(sorted(m for m in sys.modules if m.startswith('numba_adamax.')"
+            " and m.rsplit('.', 1)[1] in ('benchmark', '_contenders', '_roofline')"
+            " or m in ('torch', 'jax', 'optax')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
