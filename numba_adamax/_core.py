@@ -361,15 +361,6 @@ def _clip_tables(kernels, calls, hp, loss_scale, steps, state, sparse):
         sums[group.dtype][k] = _sparse.sum_of_squares(rows, state.flat[i], loss_scale or 1.0,
                                                       steps, kernels.PARALLEL_THRESHOLD)
     total = sum(float(s.sum()) for s in sums.values())
-    tables = {}
-    with np.errstate(all="ignore"):
-        for dtype, group_sums in sums.items():
-            dt = dtype.type
-            if hp.clipnorm:
-                divisor = np.maximum(np.sqrt(group_sums.astype(dtype)), dt(c))
-                tables[dtype] = np.stack([np.full_like(divisor, dt(c)), divisor], axis=1)
-            else:
-                n = np.sqrt(dt(total))
-                scale = dt(c) * np.minimum(dt(1) / n, dt(1) / dt(c)) + (n - n)
-                tables[dtype] = np.tile(np.array([scale, dt(1)], dtype), (group_sums.size, 1))
-    return {dtype: table.astype(np.float64) for dtype, table in tables.items()}
+    return {group.dtype: kernels.clip_table(sums[group.dtype], total, c,
+                                            not hp.clipnorm, group.m)
+            for group, *_ in calls}

@@ -32,6 +32,8 @@ update_at = _element.update_at
 accumulate_at = _element.accumulate_at
 ema_at = _element.ema_at
 effective_gradient_at = _element.effective_gradient_at
+clipnorm_divisor = _element.clipnorm_divisor
+global_clip_scale = _element.global_clip_scale
 
 
 def cast_like(value, like):
@@ -228,10 +230,30 @@ def sum_of_squares(parallel, chunks, table, refs, deref, like, a, loss_scale, st
     else:
         for c in range(chunks.shape[0]):
             partial[c] = _chunk_sum_of_squares(c, chunks, table, refs, deref, a, ls, st, like)
-    sums = np.zeros(table.shape[0])
+    # Plain loops: in a parallel=True function numba would run np.zeros on the threads.
+    sums = np.empty(table.shape[0])
+    for k in range(table.shape[0]):
+        sums[k] = 0.0
     for c in range(chunks.shape[0]):
         sums[chunks[c, 0]] += partial[c]
     return sums
+
+
+@njit(error_model="numpy", cache=True)
+def clip_table(squared_norms, total, clip_norm, by_global, like):
+    """The ``(clip_scale, clip_divisor)`` of each variable of a group, computed in
+    ``like``'s dtype and returned as float64 rows: ``clipnorm = c`` gives ``(c,
+    max(||g_k||, c))``; ``global_clipnorm = c`` (``by_global``) gives every variable
+    ``(c * min(1/N, 1/c) + (N - N), 1)`` with ``N**2 = total``. Mutates nothing."""
+    c, one = cast_like(clip_norm, like), cast_like(1.0, like)
+    out = np.empty((squared_norms.size, 2))
+    scale = global_clip_scale(cast_like(total, like), c, one)
+    for k in range(squared_norms.size):
+        if by_global:
+            out[k, 0], out[k, 1] = scale, one
+        else:
+            out[k, 0], out[k, 1] = c, clipnorm_divisor(cast_like(squared_norms[k], like), c)
+    return out
 
 
 @njit(error_model="numpy", cache=True)

@@ -45,7 +45,8 @@ update_at = _element.update_at
 accumulate_at = _element.accumulate_at
 ema_at = _element.ema_at
 effective_gradient_at = _element.effective_gradient_at
-nan_max = _element.nan_max
+clipnorm_divisor = _element.clipnorm_divisor
+global_clip_scale = _element.global_clip_scale
 
 
 @_inline
@@ -74,16 +75,6 @@ def _without_gradient_at(i, w, e, a, mom, omm, overwrite, reset):
     if a is not None:
         if reset:
             a[i] = 0
-
-
-@_device
-def _nan_min(a, b):
-    """The smaller of ``a`` and ``b``, or NaN when either is NaN (like ``np.minimum``)."""
-    if a != a:
-        return a
-    if b != b:
-        return b
-    return a if a <= b else b
 
 
 @cuda.jit(cache=True)
@@ -195,8 +186,7 @@ def clipnorm_table_kernel(sums, offset, c, out):
     k = cuda.grid(1)
     if k < out.shape[0]:
         out[k, 1] = sums[offset + k]
-        s = out[k, 1]
-        out[k, 1] = nan_max(c - c + math.sqrt(s), c)
+        out[k, 1] = clipnorm_divisor(out[k, 1], c)
         out[k, 0] = c
 
 
@@ -207,8 +197,7 @@ def global_clip_table_kernel(total, c, one, out):
     k = cuda.grid(1)
     if k < out.shape[0]:
         out[k, 0] = total[0]
-        n = c - c + math.sqrt(out[k, 0])
-        out[k, 0] = c * _nan_min(one / n, one / c) + (n - n)
+        out[k, 0] = global_clip_scale(out[k, 0], c, one)
         out[k, 1] = one
 
 

@@ -22,6 +22,7 @@ float32 arithmetic to float64. Features that are off are passed as ``None`` too
 (``loss_scale``, ``clip``), so their arithmetic (two divisions per element) is
 compiled away rather than done with neutral values.
 """
+import math
 from types import SimpleNamespace
 
 
@@ -47,6 +48,28 @@ def compile_for(decorator):
         if x > limit:
             return limit
         return x
+
+    @decorator
+    def nan_min(a, b):
+        """The smaller of ``a`` and ``b``, or NaN when either is NaN (like ``np.minimum``)."""
+        if a != a:
+            return a
+        if b != b:
+            return b
+        return a if a <= b else b
+
+    @decorator
+    def clipnorm_divisor(squared_norm, c):
+        """``max(sqrt(squared_norm), c)``, the divisor of ``clipnorm = c``; the squared
+        norm already rounded to the dtype."""
+        return nan_max(c - c + math.sqrt(squared_norm), c)
+
+    @decorator
+    def global_clip_scale(squared_norm, c, one):
+        """``c * min(1/N, 1/c) + (N - N)`` with ``N = sqrt(squared_norm)``, the factor of
+        ``global_clipnorm = c`` (NaN when N is not finite); ``one`` is 1 in the dtype."""
+        n = c - c + math.sqrt(squared_norm)
+        return c * nan_min(one / n, one / c) + (n - n)
 
     @decorator
     def clip_gradient(g, clip_scale, clip_divisor, clip_value):
@@ -179,7 +202,8 @@ def compile_for(decorator):
                                          epsilon, bias_correction)
 
     return SimpleNamespace(
-        nan_max=nan_max, nan_clip=nan_clip, clip_gradient=clip_gradient,
+        nan_max=nan_max, nan_min=nan_min, nan_clip=nan_clip, clipnorm_divisor=clipnorm_divisor,
+        global_clip_scale=global_clip_scale, clip_gradient=clip_gradient,
         adamax_update=adamax_update, ema_update=ema_update, update_at=update_at,
         accumulate_at=accumulate_at, ema_at=ema_at,
         effective_gradient_at=effective_gradient_at,

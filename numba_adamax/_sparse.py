@@ -138,7 +138,7 @@ def prepare(state, grads, update, loss_scale, threshold):
     for i, g in enumerate(grads):
         if not isinstance(g, IndexedSlices):
             if g is not None and masks and not update:
-                masks[i].fill(True)
+                state.mark_all_rows(i)
             continue
         a = state.flat[i][5]
         if on_device:
@@ -160,14 +160,13 @@ def prepare(state, grads, update, loss_scale, threshold):
         else:
             kernels.scatter_accumulate(values.size >= threshold, rows, row_size, flat_values,
                                        a, loss_scale)
-        masks[i][rows] = True
+        state.mark_rows(i, rows)
         if update:
             sparse[i] = _rows(state, np.flatnonzero(masks[i]), None, row_size)
         else:
             sparse[i] = _rows(state, rows, None, row_size, device_rows if on_device else None)
     if update:
-        for mask in masks:
-            mask.fill(False)
+        state.clear_touched_rows()
     return sparse
 
 

@@ -157,6 +157,7 @@ class AdamaxState:
         # Rows touched since the last update (sparse gradients under accumulation; see _sparse).
         self.touched_rows = (tuple(np.zeros(p.shape[0] if p.ndim else 1, bool)
                                    for p in self.arrays) if use_acc else ())
+        self._marked, self._all_marked = set(), set()  # variables with some / all rows set
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.name_index = {name: i for i, name in enumerate(self.names)}
 
@@ -175,6 +176,37 @@ class AdamaxState:
     def bias_correction_step(self):
         """The step ``t`` the next update's bias correction ``1 - beta_1**t`` uses."""
         return self.iterations + 1
+
+    # ------------------------------------------------------------ touched rows
+
+    def mark_all_rows(self, i):
+        """Mark every row of variable ``i`` touched (a dense gradient in the window)."""
+        if i not in self._all_marked:
+            self.touched_rows[i].fill(True)
+            self._all_marked.add(i)
+            self._marked.add(i)
+
+    def mark_rows(self, i, rows):
+        """Mark ``rows`` of variable ``i`` touched (a sparse gradient in the window)."""
+        self.touched_rows[i][rows] = True
+        self._marked.add(i)
+
+    def clear_touched_rows(self):
+        """Start a new accumulation window: no row is touched. Costs nothing for the
+        variables whose masks are already clear."""
+        for i in self._marked:
+            self.touched_rows[i].fill(False)
+        self._marked.clear()
+        self._all_marked.clear()
+
+    def set_touched_rows(self, rows_per_variable):
+        """Replace the masks with exactly ``rows_per_variable`` (a checkpoint's lists)."""
+        self.clear_touched_rows()
+        for i, rows in enumerate(rows_per_variable):
+            if len(rows):
+                self.mark_rows(i, list(rows))
+                if self.touched_rows[i].all():
+                    self._all_marked.add(i)
 
     # ------------------------------------------------------------ lookup
 

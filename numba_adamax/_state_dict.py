@@ -64,9 +64,7 @@ def apply_state_dict(d, saved, state):
     _, raw_steps, skipped_steps, *_, touched = saved
     for source, target in zip(d["slots"], state.state_arrays()):
         copy_into(target, source)
-    for mask, rows in zip(state.touched_rows, touched):
-        mask.fill(False)
-        mask[list(rows)] = True
+    state.set_touched_rows(touched)
     state.raw_steps = raw_steps
     state.skipped_steps = skipped_steps
 
