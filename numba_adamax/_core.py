@@ -241,7 +241,7 @@ def run_step(state, grads, lr):
     # --- sparse gradients: deduplicated (and accumulated) by _sparse; {i: _sparse.Rows}.
     # The dense kernels then see them as absent: only the EMA (and reset) of the rows.
     sparse = (_sparse.prepare(state, grads, lr is not None, loss_scale or 1.0, threshold)
-              if state.touched_rows or (type(grads) is not FlatBuffer
+              if state.tracks_touched_rows or (type(grads) is not FlatBuffer
                                         and IndexedSlices in map(type, grads)) else {})
     dense = [None if i in sparse else g for i, g in enumerate(grads)] if sparse else grads
     if on_device:

@@ -5,9 +5,9 @@
 * ``prepare`` deduplicates each one (repeated indices summed) and keeps the
   accumulation bookkeeping: with gradient accumulation, a sparse gradient is
   scatter-added into the accumulator and its rows are marked in the variable's
-  touched-row mask (``AdamaxState.touched_rows``); a dense gradient marks every
-  row. An update step then covers the union of the rows marked during the window,
-  and every mask starts over.
+  touched rows (``AdamaxState.touched``); a dense gradient marks every row. An
+  update step then covers the union of the rows marked during the window, and the
+  next window starts with none.
 * ``sum_of_squares`` gives the squared norm of the equivalent dense gradient, for
   clipping by norm;
 * ``update`` runs the Adamax update on the touched rows only: untouched rows of
@@ -133,11 +133,11 @@ def prepare(state, grads, update, loss_scale, threshold):
     """
     on_device = state.device is not None
     kernels = _device_kernels() if on_device else _kernels()
-    masks = state.touched_rows
+    tracking = state.tracks_touched_rows
     sparse = {}
     for i, g in enumerate(grads):
         if not isinstance(g, IndexedSlices):
-            if g is not None and masks and not update:
+            if g is not None and tracking and not update:
                 state.mark_all_rows(i)
             continue
         a = state.flat[i][5]
@@ -162,7 +162,7 @@ def prepare(state, grads, update, loss_scale, threshold):
                                        a, loss_scale)
         state.mark_rows(i, rows)
         if update:
-            sparse[i] = _rows(state, np.flatnonzero(masks[i]), None, row_size)
+            sparse[i] = _rows(state, state.touched(i), None, row_size)
         else:
             sparse[i] = _rows(state, rows, None, row_size, device_rows if on_device else None)
     if update:

@@ -100,10 +100,10 @@ class AdamaxState:
         accumulators: per-variable gradient accumulators (empty tuple unless
             ``gradient_accumulation_steps``).
         weight_decay_mask: list of bools, True where weight decay applies.
-        touched_rows: per-variable bool arrays over axis 0: the rows a gradient
-            touched since the last update (empty tuple unless
+        touched_rows: per-variable bool arrays over axis 0 (a snapshot): the rows a
+            gradient touched since the last update (empty tuple unless
             ``gradient_accumulation_steps``). The next update of a variable with a
-            sparse gradient covers these rows.
+            sparse gradient covers these rows (``touched``).
         groups: tuple of ``SlotGroup``, one per dtype, owning the flat buffers.
         buffer: the ``FlatBuffer`` the variables were given as, or None.
 
@@ -155,9 +155,13 @@ class AdamaxState:
         self.ema = tuple(self._shaped(i, 4) for i in range(n)) if use_ema else ()
         self.accumulators = tuple(self._shaped(i, 5) for i in range(n)) if use_acc else ()
         # Rows touched since the last update (sparse gradients under accumulation; see _sparse).
-        self.touched_rows = (tuple(np.zeros(p.shape[0] if p.ndim else 1, bool)
-                                   for p in self.arrays) if use_acc else ())
-        self._marked, self._all_marked = set(), set()  # variables with some / all rows set
+        self.tracks_touched_rows = use_acc
+        # Rows marked by sparse gradients; a dense gradient marks all rows of its
+        # variable through ``_all_marked`` alone, so dense-only training never writes
+        # a mask.
+        self._row_masks = (tuple(np.zeros(p.shape[0] if p.ndim else 1, bool)
+                                 for p in self.arrays) if use_acc else ())
+        self._marked, self._all_marked = set(), set()  # variables with some / all rows
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.name_index = {name: i for i, name in enumerate(self.names)}
 
@@ -179,34 +183,46 @@ class AdamaxState:
 
     # ------------------------------------------------------------ touched rows
 
+    @property
+    def touched_rows(self):
+        """Per variable, a bool mask of the rows touched in the open accumulation window
+        (a snapshot; an empty tuple without accumulation)."""
+        return tuple(np.ones_like(mask) if i in self._all_marked else mask.copy()
+                     for i, mask in enumerate(self._row_masks))
+
+    def touched(self, i):
+        """The rows of variable ``i`` touched in the open window, ascending (int64)."""
+        if i in self._all_marked:
+            return np.arange(self._row_masks[i].size)
+        return np.flatnonzero(self._row_masks[i])
+
     def mark_all_rows(self, i):
         """Mark every row of variable ``i`` touched (a dense gradient in the window)."""
-        if i not in self._all_marked:
-            self.touched_rows[i].fill(True)
-            self._all_marked.add(i)
-            self._marked.add(i)
+        self._all_marked.add(i)
 
     def mark_rows(self, i, rows):
         """Mark ``rows`` of variable ``i`` touched (a sparse gradient in the window)."""
-        self.touched_rows[i][rows] = True
-        self._marked.add(i)
+        if i not in self._all_marked:
+            self._row_masks[i][rows] = True
+            self._marked.add(i)
 
     def clear_touched_rows(self):
-        """Start a new accumulation window: no row is touched. Costs nothing for the
-        variables whose masks are already clear."""
+        """Start a new accumulation window: no row is touched. Writes only the masks
+        that sparse gradients marked."""
         for i in self._marked:
-            self.touched_rows[i].fill(False)
+            self._row_masks[i].fill(False)
         self._marked.clear()
         self._all_marked.clear()
 
     def set_touched_rows(self, rows_per_variable):
-        """Replace the masks with exactly ``rows_per_variable`` (a checkpoint's lists)."""
+        """Replace the touched rows with exactly ``rows_per_variable`` (a checkpoint's
+        lists, one per variable)."""
         self.clear_touched_rows()
         for i, rows in enumerate(rows_per_variable):
-            if len(rows):
+            if len(rows) == self._row_masks[i].size and len(set(rows)) == len(rows):
+                self.mark_all_rows(i)
+            elif len(rows):
                 self.mark_rows(i, list(rows))
-                if self.touched_rows[i].all():
-                    self._all_marked.add(i)
 
     # ------------------------------------------------------------ lookup
 

@@ -42,7 +42,8 @@ def state_dict(state):
         "shapes": [list(p.shape) for p in state.arrays],
         "dtypes": [p.dtype.name for p in state.arrays],
         "slots": [to_host(a) for a in state.state_arrays()],
-        "touched_rows": [np.flatnonzero(mask).tolist() for mask in state.touched_rows],
+        "touched_rows": [state.touched(i).tolist()
+                         for i in range(len(state.params))] if state.tracks_touched_rows else [],
     }
 
 
