@@ -298,7 +298,7 @@ class StepSettings:
         self.steps = float(hp.gradient_accumulation_steps or 1)
         self.clipnorm, self.global_clipnorm = hp.clipnorm, hp.global_clipnorm
         self.clipvalue = hp.clipvalue
-        self.weight_decay = hp.weight_decay or 0.0
+        self.weight_decay = hp.weight_decay  # None: no decay at all
         self.beta_1, self.beta_2, self.epsilon = hp.beta_1, hp.beta_2, hp.epsilon
         self.t = iterations + 1
 

@@ -406,7 +406,7 @@ def update(state, grads, lr, settings, stream, sparse=None):
             dev.chunks, dev.table, dev.refs, dev.like, clip,
             dev.clip_table if by_norm else None, dt(np.inf), group.m, group.u, group.ema,
             group.accumulator, _cast(settings.loss_scale, dt), dt(settings.steps), dt(lr),
-            dt(settings.weight_decay), dt(1.0 - settings.beta_1), dt(settings.beta_2),
+            _cast(settings.weight_decay, dt), dt(1.0 - settings.beta_1), dt(settings.beta_2),
             dt(settings.epsilon), dt(settings.bias_correction(group.slot_dtype)), mom,
             one - mom, settings.overwrite)
 
@@ -424,6 +424,6 @@ def _update_sparse(state, sparse, settings, lr, by_norm, stream):
         has_wd = hp.weight_decay is not None and state.weight_decay_mask[i]
         _sparse.update_on_device(rows, state.flat[i], stream, settings.loss_scale or 1.0,
                                  settings.steps, group.device.clip_table if by_norm else None,
-                                 k, clip, lr, has_wd, settings.weight_decay,
+                                 k, clip, lr, has_wd, settings.weight_decay or 0.0,
                                  1.0 - settings.beta_1, settings.beta_2, settings.epsilon,
                                  settings.bias_correction(group.slot_dtype))

@@ -105,6 +105,8 @@ def compile_for(decorator):
 
         Order: unscale, accumulated mean (and accumulator reset), clip, weight decay,
         Adamax, EMA, overwrite. ``clip`` is ``(clip_scale, clip_divisor, clip_value)``.
+        ``wd`` is None without weight decay; ``has_wd`` is False for an excluded
+        variable.
         """
         gi = effective_gradient_at(i, g, a, loss_scale, steps)
         if a is not None:
@@ -112,8 +114,9 @@ def compile_for(decorator):
         if clip is not None:
             gi = clip_gradient(gi, clip[0], clip[1], clip[2])
         wi = w[i]
-        if has_wd:
-            wi = wi - wi * wd * lr
+        if wd is not None:  # weight decay configured (compiled away when not)
+            if has_wd:  # and this variable not excluded
+                wi = wi - wi * wd * lr
         wi, m[i], u[i] = adamax_update(wi, gi, m[i], u[i], lr, one_minus_beta_1, beta_2,
                                        epsilon, bias_correction)
         if e is not None:

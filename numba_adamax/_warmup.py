@@ -21,7 +21,7 @@ def warmup(dtypes=_DTYPES):
         no_gradient = np.zeros(1, np.int64)
         for parallel in (False, True):
             _cpu.update(parallel, group.chunks, group.table, no_gradient, -1, None, None,
-                        group.m, group.u, None, None, None, 1.0, 0.0, 0.0, 0.1, 0.9, 0.999,
+                        group.m, group.u, None, None, None, 1.0, 0.0, None, 0.1, 0.9, 0.999,
                         1e-7, 1.0, 0.0, False)
             _cpu.sum_of_squares(parallel, group.chunks, group.table, no_gradient, -1, group.m,
                                 None, None, 1.0)

@@ -584,3 +584,24 @@ def test_sparse_nonfinite_policies_change_nothing(policy):
     for x, y in zip(before, _everything(opt, variables)):
         np.testing.assert_array_equal(x, y)
     assert opt.iterations == 1
+
+
+@pytest.mark.parametrize("weight_decay", [None, 0.0, 0.1])
+def test_special_weights_match_the_cpu_with_and_without_weight_decay(weight_decay):
+    """inf and -0.0 weights: no decay keeps them (sign included); any weight decay, 0
+    included, turns inf into NaN on the decayed variable only, as on the CPU."""
+    w = np.array([np.inf, -0.0, 1.0], np.float32)
+    g = np.array([1.0, 0.0, 1.0], np.float32)
+    results = []
+    for device in (False, True):
+        params = [cuda.to_device(w) if device else w.copy() for _ in range(2)]
+        opt = na.Adamax(learning_rate=0.05, weight_decay=weight_decay)
+        opt.exclude_from_weight_decay(var_names=["kept"])
+        opt.build(params, names=["decayed", "kept"])
+        opt.apply([cuda.to_device(g) if device else g.copy() for _ in range(2)], params)
+        results.append([p.copy_to_host() if device else p for p in params])
+    for cpu, gpu in zip(*results):
+        np.testing.assert_array_equal(cpu, gpu)
+        np.testing.assert_array_equal(np.signbit(cpu), np.signbit(gpu))
+    assert np.isnan(results[1][0][0]) == (weight_decay is not None)
+    assert np.isinf(results[1][1][0]) and np.signbit(results[1][1][1])

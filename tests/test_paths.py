@@ -565,3 +565,27 @@ def test_epsilon_zero_with_zero_gradient_gives_nan_where_u_is_zero(dtype, loop):
     # and it stays NaN (0/0 once, then NaN arithmetic)
     assert np.isnan(got.rows[-1]["params"][0][[1, 4]]).all()
     assert np.isfinite(np.delete(got.rows[-1]["params"][0], [1, 4])).all()
+
+
+@pytest.mark.parametrize("kwargs, decayed", [
+    (dict(learning_rate=0.05), False),
+    (dict(learning_rate=0.05, weight_decay=0.0), True),
+    (dict(learning_rate=0.05, weight_decay=0.1), True),
+], ids=["no_decay", "decay_zero", "decay"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_special_weights_follow_keras_with_and_without_weight_decay(kwargs, decayed, dtype):
+    """Without weight decay an inf weight stays inf and -0.0 keeps its sign; with any
+    weight decay (0 included, as in Keras) ``w - w * wd * lr`` runs and inf becomes NaN.
+    An excluded variable is never decayed."""
+    w = np.array([np.inf, -0.0, 1.0], dtype)
+    g = np.array([1.0, 0.0, 1.0], dtype)
+    params = [w.copy(), w.copy()]
+    opt = na.Adamax(**kwargs)
+    opt.exclude_from_weight_decay(var_names=["kept"])
+    opt.build(params, names=["decayed", "kept"])
+    opt.apply([g.copy(), g.copy()], params)
+    expected_first = [np.nan, 0.0] if decayed else [np.inf, -0.0]
+    for p, first in zip(params, [expected_first, [np.inf, -0.0]]):
+        np.testing.assert_array_equal(p[:2], np.array(first, dtype))
+        assert np.signbit(p[1]) == np.signbit(first[1])
+        assert p[2] < 1.0
