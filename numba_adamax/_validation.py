@@ -252,19 +252,9 @@ def gradient(g, var, label):
     """Check one gradient against its variable: same dtype and shape, C-contiguous, and
     on the variable's device (a numpy.ndarray for a NumPy variable, a CUDA device
     array for a device variable)."""
-    if _devices.kind(var) == _devices.CUDA:
-        if _devices.kind(g) != _devices.CUDA:
-            raise TypeError(f"{label} must be a CUDA device array like its variable, got "
-                            f"{_describe(g)}; CPU and GPU arrays cannot be mixed.")
-        view = _devices.as_device_array(g, label)
-        shape, dtype, contiguous = tuple(view.shape), view.dtype, view.is_c_contiguous()
-    else:
-        if not isinstance(g, np.ndarray):
-            mixed = ("; CPU and GPU arrays cannot be mixed" if _devices.is_device_array(g)
-                     else "; sequences are not converted")
-            raise TypeError(f"{label} must be a numpy.ndarray or None, got {_describe(g)}"
-                            f"{mixed}.")
-        shape, dtype, contiguous = g.shape, g.dtype, g.flags.c_contiguous
+    shape, dtype, contiguous = _array_facts(
+        g, _devices.kind(var) == _devices.CUDA, label, "a numpy.ndarray or None",
+        "; sequences are not converted")
     if dtype != var.dtype:
         raise TypeError(f"{label} has dtype {dtype} but its variable has dtype {var.dtype}.")
     if shape != tuple(var.shape):
@@ -272,6 +262,24 @@ def gradient(g, var, label):
                          f"{tuple(var.shape)}.")
     if not contiguous:
         raise ValueError(f"{label} is not C-contiguous.")
+
+
+def _array_facts(x, on_device, label, host_kind, host_hint):
+    """``(shape, dtype, C-contiguous)`` of ``x``, which must be on the same side as its
+    variable: a CUDA device array when ``on_device``, else a numpy.ndarray
+    (``host_kind`` names what is expected, ``host_hint`` ends the message for a wrong
+    host object). Raises TypeError naming ``label`` otherwise."""
+    if on_device:
+        if _devices.kind(x) != _devices.CUDA:
+            raise TypeError(f"{label} must be a CUDA device array like its variable, got "
+                            f"{_describe(x)}; CPU and GPU arrays cannot be mixed.")
+        view = _devices.as_device_array(x, label)
+        return tuple(view.shape), view.dtype, view.is_c_contiguous()
+    if not isinstance(x, np.ndarray):
+        mixed = ("; CPU and GPU arrays cannot be mixed" if _devices.is_device_array(x)
+                 else host_hint)
+        raise TypeError(f"{label} must be {host_kind}, got {_describe(x)}{mixed}.")
+    return x.shape, x.dtype, x.flags.c_contiguous
 
 
 def stream(value):
@@ -299,30 +307,17 @@ def sparse_gradient(g, var, label):
     if var.ndim == 0:
         raise ValueError(f"{label} is an IndexedSlices, but its variable is a scalar; "
                          "sparse gradients index axis 0.")
-    if on_device:
-        if _devices.kind(values) != _devices.CUDA:
-            raise TypeError(f"{label}: `values` must be a CUDA device array like its variable, "
-                            f"got {_describe(values)}; CPU and GPU arrays cannot be mixed.")
-        view = _devices.as_device_array(values, f"{label}: `values`")
-        values_shape, values_dtype = tuple(view.shape), view.dtype
-        contiguous = view.is_c_contiguous()
-        if _devices.kind(indices) == _devices.CUDA:
-            indices_view = _devices.as_device_array(indices, f"{label}: `indices`")
-            if indices_view.dtype.kind not in "iu":
-                raise TypeError(f"{label}: `indices` has dtype {indices_view.dtype}; expected "
-                                "an integer dtype.")
-            if indices_view.ndim != 1:
-                raise ValueError(f"{label}: `indices` must be 1-D, got shape "
-                                 f"{tuple(indices_view.shape)}.")
-            indices = indices_view.copy_to_host()
-    else:
-        if not isinstance(values, np.ndarray):
-            mixed = ("; CPU and GPU arrays cannot be mixed" if _devices.is_device_array(values)
-                     else "")
-            raise TypeError(f"{label}: `values` must be a numpy.ndarray, got "
-                            f"{_describe(values)}{mixed}.")
-        values_shape, values_dtype = values.shape, values.dtype
-        contiguous = values.flags.c_contiguous
+    values_shape, values_dtype, contiguous = _array_facts(
+        values, on_device, f"{label}: `values`", "a numpy.ndarray", "")
+    if on_device and _devices.kind(indices) == _devices.CUDA:
+        indices_view = _devices.as_device_array(indices, f"{label}: `indices`")
+        if indices_view.dtype.kind not in "iu":
+            raise TypeError(f"{label}: `indices` has dtype {indices_view.dtype}; expected "
+                            "an integer dtype.")
+        if indices_view.ndim != 1:
+            raise ValueError(f"{label}: `indices` must be 1-D, got shape "
+                             f"{tuple(indices_view.shape)}.")
+        indices = indices_view.copy_to_host()
     if not isinstance(indices, np.ndarray):
         kinds = ("a numpy.ndarray or a CUDA device array" if on_device
                  else "a numpy.ndarray")
