@@ -9,12 +9,12 @@ Importing the package compiles nothing; kernels compile on first use (see
 """
 from . import schedules
 from ._checkpoint import CheckpointError, load_state, save_state
-from ._core import init, step
 from ._flat_buffer import FlatBuffer
 from ._hyperparameters import Hyperparameters
 from ._indexed_slices import IndexedSlices
 from ._state import AdamaxState
 from ._warmup import warmup
+from .functional import init, step
 from .optimizer import Adamax
 
 __all__ = ["Adamax", "AdamaxState", "CheckpointError", "FlatBuffer", "Hyperparameters",

@@ -93,7 +93,8 @@ def _one_buffer(arrays):
 def roofline(ws, gs, variant="plain"):
     """The streaming kernels of ``_roofline`` over one buffer of all the elements, making
     the passes ``variant`` makes (see ``ROOFLINE_BYTES``)."""
-    from . import _cpu, _roofline
+    from . import _roofline
+    from .kernels import config as _cpu
     w, g = _one_buffer(ws).copy(), _one_buffer(gs)
     m, u = np.zeros_like(w), np.zeros_like(w)
     parallel = w.size >= _cpu.PARALLEL_THRESHOLD

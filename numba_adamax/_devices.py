@@ -1,9 +1,9 @@
-"""Which backend an array belongs to: the one place arrays are dispatched.
+"""Which kind of memory an array lives in: host (NumPy) or CUDA device.
 
-NumPy arrays run on the CPU kernels. Numba CUDA device arrays (the simulator's
-included) and any object exposing ``__cuda_array_interface__`` (CuPy arrays, PyTorch
-CUDA tensors) run on the CUDA kernels, zero-copy: they are wrapped, not copied, with
-``numba.cuda.as_cuda_array``. ``numba.cuda`` is imported only when a device array is
+NumPy arrays are host arrays. Numba CUDA device arrays (the simulator's included)
+and any object exposing ``__cuda_array_interface__`` (CuPy arrays, PyTorch CUDA
+tensors) are device arrays, used zero-copy: they are wrapped, not copied, with
+``numba.cuda.as_cuda_array``. ``backends.for_arrays`` picks the driver from this. ``numba.cuda`` is imported only when a device array is
 met, so importing ``numba_adamax`` never needs numba-cuda or a GPU.
 """
 import numpy as np
@@ -61,7 +61,7 @@ def as_device_array(x, label="array"):
     cuda_module(label)
     if getattr(type(x), "__cuda_ndarray__", False) is True:
         return x
-    from ._cuda_addresses import as_cuda_array
+    from .kernels.cuda_pointers import as_cuda_array
     return as_cuda_array(x)
 
 
@@ -72,8 +72,3 @@ def read_only(x):
     except Exception:
         return False
     return bool(interface.get("data", (0, False))[1])
-
-
-def describe(x):
-    """``type module.name`` of ``x``, for messages."""
-    return f"{type(x).__module__}.{type(x).__qualname__}"

@@ -1,11 +1,24 @@
-"""``FlatBuffer``: many arrays carved out of one contiguous buffer."""
+"""``FlatBuffer``: many arrays carved out of one contiguous buffer, and where each
+array sits in such a buffer (shared with the slot buffers)."""
 from collections.abc import Sequence
 
 import numpy as np
 
 from . import _validation as check
-from ._addresses import data_address
-from ._layout import aligned_offsets
+from .kernels.addresses import data_address
+
+#: Element alignment of each array's slice inside a flat buffer (64 bytes of float32).
+ALIGNMENT = 16
+
+
+def aligned_offsets(sizes):
+    """``(offsets, total)``: each size's start in a buffer where every slice begins on a
+    multiple of ``ALIGNMENT`` elements, and the buffer's length."""
+    offsets, total = [], 0
+    for size in sizes:
+        offsets.append(total)
+        total += -(-size // ALIGNMENT) * ALIGNMENT
+    return offsets, total
 
 
 class FlatBuffer(Sequence):

@@ -83,10 +83,6 @@ class Hyperparameters:
         """Freeze the fields in ``STRUCTURAL`` (called when slots are allocated)."""
         object.__setattr__(self, "_locked", True)
 
-    def copy(self):
-        """An unlocked copy with the same values."""
-        return Hyperparameters(**{field: getattr(self, field) for field in _CHECKS})
-
     def __repr__(self):
         inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in _CHECKS)
         return f"Hyperparameters({inner})"

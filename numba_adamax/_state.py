@@ -1,12 +1,14 @@
 """The optimizer state: slots in flat per-dtype buffers, counters and the layout."""
+from typing import NamedTuple
+
 import numpy as np
 
-from . import _devices
 from . import _state_dict
 from . import _validation as check
-from ._addresses import data_address
-from ._flat_buffer import FlatBuffer
-from ._layout import aligned_offsets
+from . import backends
+from ._flat_buffer import FlatBuffer, aligned_offsets
+from ._sparse import TouchedRows
+from .kernels import config
 
 SLOT_NAMES = ("m", "u", "ema", "accumulator")
 
@@ -16,55 +18,46 @@ def slot_names(use_ema, use_accumulator):
     return ["m", "u"] + ["ema"] * use_ema + ["accumulator"] * use_accumulator
 
 
-#: Elements per unit of kernel work: a variable is cut into chunks of at most this size.
-CHUNK = 16384
-
-
 class SlotGroup:
     """The variables of one dtype: their slots, each one contiguous buffer, and the
     tables that let one kernel call update all of them.
 
     ``indices[k]`` is the state's variable stored at ``offsets[k]`` (its ``sizes[k]``
     elements); ``m``, ``u``, ``ema`` and ``accumulator`` are flat arrays of ``total``
-    elements (``ema``/``accumulator`` are None when not configured).
+    elements in the driver's memory (``ema``/``accumulator`` are None when not
+    configured). ``position`` is the group's index in ``state.groups``.
 
     Kernel tables (int64): ``table[k] = (data address, size, slot offset, weight
     decay on)`` per variable, and ``chunks[c] = (k, begin, end)``, the element ranges
-    that are the kernels' units of (parallel) work.
+    (at most ``config.CHUNK`` long) that are the kernels' units of (parallel) work.
     """
 
-    def __init__(self, dtype, indices, arrays, use_ema, use_accumulator, cuda=None):
+    def __init__(self, position, dtype, indices, arrays, use_ema, use_accumulator, backend):
+        self.position = position
         self.dtype = np.dtype(dtype)
         self.slot_dtype = check.slot_dtype(dtype)
         self.indices = tuple(indices)
         self.sizes = tuple(a.size for a in arrays)
         offsets, self.total = aligned_offsets(self.sizes)
         self.offsets = tuple(offsets)
-        address = data_address if cuda is None else cuda.device_address
-        self.table = np.array([(address(a), a.size, offset, 1)
+        self.table = np.array([(backend.data_address(a), a.size, offset, 1)
                                for a, offset in zip(arrays, offsets)],
                               dtype=np.int64).reshape(-1, 4)
-        self.chunks = np.array([(k, begin, min(begin + CHUNK, size))
+        chunk = config.CHUNK
+        self.chunks = np.array([(k, begin, min(begin + chunk, size))
                                 for k, size in enumerate(self.sizes)
-                                for begin in range(0, size, CHUNK)],
+                                for begin in range(0, size, chunk)],
                                dtype=np.int64).reshape(-1, 3)
         self.covers_all = False  # set by AdamaxState: indices == range(len(params))
         self.gradient_refs = np.zeros(len(self.indices), dtype=np.int64)
-        self.device = None  # a ``_cuda.DeviceGroup`` for device variables
+        self.device_group = None  # the CUDA driver's ``DeviceGroup`` (device variables)
+        self.m = backend.zeros(self.total, self.slot_dtype)
+        self.u = backend.zeros(self.total, self.slot_dtype)
+        self.ema = backend.zeros(self.total, self.slot_dtype) if use_ema else None
+        self.accumulator = (backend.zeros(self.total, self.slot_dtype) if use_accumulator
+                            else None)
 
-        def buffer(wanted):
-            if not wanted:
-                return None
-            if cuda is None:
-                return np.zeros(self.total, dtype=self.slot_dtype)
-            return cuda.zeros(self.total, self.slot_dtype)
-
-        self.m = buffer(True)
-        self.u = buffer(True)
-        self.ema = buffer(use_ema)
-        self.accumulator = buffer(use_accumulator)
-
-    def flat_view(self, slot, k):
+    def slot_view(self, slot, k):
         """1-D view of variable ``k`` of this group inside ``slot``'s buffer, or None
         when the slot is not configured."""
         buf = getattr(self, slot)
@@ -75,8 +68,19 @@ class SlotGroup:
     def set_weight_decay(self, mask):
         """Set the weight-decay column of ``table`` from the state-wide ``mask``."""
         self.table[:, 3] = [bool(mask[i]) for i in self.indices]
-        if self.device is not None:
-            self.device.upload_table(self.table)
+
+
+class VariableViews(NamedTuple):
+    """Where one variable lives: its ``group`` and position ``k`` there, and 1-D views
+    of the variable and of its slots (None for a slot that is not configured)."""
+
+    group: SlotGroup
+    k: int
+    w: object
+    m: object
+    u: object
+    ema: object
+    accumulator: object
 
 
 class AdamaxState:
@@ -106,6 +110,11 @@ class AdamaxState:
             sparse gradient covers these rows (``touched``).
         groups: tuple of ``SlotGroup``, one per dtype, owning the flat buffers.
         buffer: the ``FlatBuffer`` the variables were given as, or None.
+        backend: the host driver the steps run on (``backends.cpu`` or
+            ``backends.cuda``).
+        views: per variable, its ``VariableViews``.
+        window: the ``_sparse.TouchedRows`` of the open accumulation window (None
+            without gradient accumulation).
 
     Derived counters: ``iterations`` (Keras' property: ``raw_steps``, or
     ``raw_steps // gradient_accumulation_steps``) and ``bias_correction_step``
@@ -115,15 +124,10 @@ class AdamaxState:
     def __init__(self, params, names, hyperparameters):
         self.hyperparameters = hyperparameters
         self.params = tuple(params)
-        self.device = _devices.kind(self.params[0]) if self.params else None
-        self.device = None if self.device == _devices.CPU else self.device
+        self.backend = backend = backends.for_arrays(self.params)
+        self.device = backend.device
         self.stream = None
-        cuda = None
-        if self.device is not None:
-            from . import _cuda as cuda
-            self.arrays = tuple(_devices.as_device_array(p) for p in self.params)
-        else:
-            self.arrays = self.params
+        self.arrays = backend.device_arrays(self.params)
         self.names = tuple(names)
         self.raw_steps = 0
         self.buffer = None
@@ -135,100 +139,57 @@ class AdamaxState:
         for i, p in enumerate(self.arrays):
             by_dtype.setdefault(p.dtype, []).append(i)
         self.groups = tuple(
-            SlotGroup(dtype, idx, [self.arrays[i] for i in idx], use_ema, use_acc, cuda)
-            for dtype, idx in by_dtype.items())
-        if cuda is not None:
-            self.device_state = cuda.DeviceState(self.groups)
+            SlotGroup(position, dtype, idx, [self.arrays[i] for i in idx], use_ema, use_acc,
+                      backend)
+            for position, (dtype, idx) in enumerate(by_dtype.items()))
+        backend.attach(self)
         if len(self.groups) == 1:
             self.groups[0].covers_all = True
-        # Per-variable (group, 1-D views) used by the kernels, and shaped views for users.
         n = len(self.params)
-        self.flat = [None] * n
-        self._group_of = [None] * n
+        views = [None] * n
         for group in self.groups:
             for k, i in enumerate(group.indices):
-                self._group_of[i] = (group, k)
-                self.flat[i] = (group, self.arrays[i].reshape(self.arrays[i].size),
-                                *(group.flat_view(s, k) for s in SLOT_NAMES))
-        self.m = tuple(self._shaped(i, 2) for i in range(n))
-        self.u = tuple(self._shaped(i, 3) for i in range(n))
-        self.ema = tuple(self._shaped(i, 4) for i in range(n)) if use_ema else ()
-        self.accumulators = tuple(self._shaped(i, 5) for i in range(n)) if use_acc else ()
-        # Rows touched since the last update (sparse gradients under accumulation; see _sparse).
-        self.tracks_touched_rows = use_acc
-        # Rows marked by sparse gradients; a dense gradient marks all rows of its
-        # variable through ``_all_marked`` alone, so dense-only training never writes
-        # a mask.
-        self._row_masks = (tuple(np.zeros(p.shape[0] if p.ndim else 1, bool)
-                                 for p in self.arrays) if use_acc else ())
-        self._marked, self._all_marked = set(), set()  # variables with some / all rows
+                views[i] = VariableViews(group, k, self.arrays[i].reshape(self.arrays[i].size),
+                                         *(group.slot_view(s, k) for s in SLOT_NAMES))
+        self.views = tuple(views)
+        self.m = self._shaped("m")
+        self.u = self._shaped("u")
+        self.ema = self._shaped("ema") if use_ema else ()
+        self.accumulators = self._shaped("accumulator") if use_acc else ()
+        self.window = TouchedRows(self.arrays) if use_acc else None
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.name_index = {name: i for i, name in enumerate(self.names)}
 
-    def _shaped(self, i, position):
-        return self.flat[i][position].reshape(self.arrays[i].shape)
+    def _shaped(self, slot):
+        """Per variable, its view of ``slot`` shaped like the variable."""
+        return tuple(getattr(view, slot).reshape(array.shape)
+                     for view, array in zip(self.views, self.arrays))
 
     # ------------------------------------------------------------ counters
 
     @property
     def iterations(self):
         """Completed updates: ``raw_steps`` or ``raw_steps // gradient_accumulation_steps``."""
-        gas = self.hyperparameters.gradient_accumulation_steps
-        return self.raw_steps // gas if gas else self.raw_steps
+        steps = self.hyperparameters.gradient_accumulation_steps
+        return self.raw_steps // steps if steps else self.raw_steps
 
     @property
     def bias_correction_step(self):
         """The step ``t`` the next update's bias correction ``1 - beta_1**t`` uses."""
         return self.iterations + 1
 
-    # ------------------------------------------------------------ touched rows
-
     @property
     def touched_rows(self):
         """Per variable, a bool mask of the rows touched in the open accumulation window
         (a snapshot; an empty tuple without accumulation)."""
-        return tuple(np.ones_like(mask) if i in self._all_marked else mask.copy()
-                     for i, mask in enumerate(self._row_masks))
+        return () if self.window is None else self.window.snapshot()
 
     def touched(self, i):
-        """The rows of variable ``i`` touched in the open window, ascending (int64)."""
-        if i in self._all_marked:
-            return np.arange(self._row_masks[i].size)
-        return np.flatnonzero(self._row_masks[i])
-
-    def mark_all_rows(self, i):
-        """Mark every row of variable ``i`` touched (a dense gradient in the window)."""
-        self._all_marked.add(i)
-
-    def mark_rows(self, i, rows):
-        """Mark ``rows`` of variable ``i`` touched (a sparse gradient in the window)."""
-        if i not in self._all_marked:
-            self._row_masks[i][rows] = True
-            self._marked.add(i)
-
-    def clear_touched_rows(self):
-        """Start a new accumulation window: no row is touched. Writes only the masks
-        that sparse gradients marked."""
-        for i in self._marked:
-            self._row_masks[i].fill(False)
-        self._marked.clear()
-        self._all_marked.clear()
-
-    def set_touched_rows(self, rows_per_variable):
-        """Replace the touched rows with exactly ``rows_per_variable`` (a checkpoint's
-        lists, one per variable)."""
-        self.clear_touched_rows()
-        for i, rows in enumerate(rows_per_variable):
-            if len(rows) == self._row_masks[i].size and len(set(rows)) == len(rows):
-                self.mark_all_rows(i)
-            elif len(rows):
-                self.mark_rows(i, list(rows))
+        """The rows of variable ``i`` touched in the open accumulation window, ascending
+        (int64; empty without accumulation)."""
+        return np.empty(0, np.int64) if self.window is None else self.window.touched(i)
 
     # ------------------------------------------------------------ lookup
-
-    def group_of(self, i):
-        """``(group, k)``: the ``SlotGroup`` holding variable ``i`` and its position there."""
-        return self._group_of[i]
 
     def index_of(self, variable):
         """Position of ``variable`` (matched by identity), or ValueError ``Unknown variable``."""
@@ -266,7 +227,8 @@ class AdamaxState:
     def state_dict(self):
         """A plain-dict snapshot: ``format_version``, ``config`` (JSON values),
         ``raw_steps``, ``iterations``, ``skipped_steps``, ``names``, ``shapes``,
-        ``dtypes`` and ``slots`` (NumPy copies in ``variables`` order). Mutates nothing."""
+        ``dtypes``, ``slots`` (NumPy copies in ``variables`` order) and
+        ``touched_rows``. Mutates nothing."""
         return _state_dict.state_dict(self)
 
     def load_state_dict(self, d):
@@ -286,6 +248,7 @@ class AdamaxState:
             for p, name in zip(self.params, self.names)]
         for group in self.groups:
             group.set_weight_decay(self.weight_decay_mask)
+            self.backend.upload_table(group)
 
 
 def create(params, names, hyperparameters):

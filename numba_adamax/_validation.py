@@ -1,9 +1,10 @@
-"""Every check on user input, in one place.
+"""Checks on user input: hyperparameters, arrays, ``IndexedSlices``, names and shapes.
 
 Hyperparameter checks return the normalised value (Python ``float``/``int``) or raise
 ``ValueError`` naming the argument and the value. Array checks raise ``TypeError``
 for the wrong kind of object or dtype and ``ValueError`` for a wrong shape, layout or
 count. Nothing here mutates anything; callers run all checks before the first write.
+The saved-state format is checked by ``_state_dict``, which defines it.
 """
 import math
 import numbers
@@ -43,7 +44,8 @@ def _finite_float(value):
     return x if math.isfinite(x) else None
 
 
-def _is_int(value):
+def is_int(value):
+    """True for an integer (Python or NumPy), not a bool."""
     return (isinstance(value, (numbers.Integral, np.integer))
             and not isinstance(value, (bool, np.bool_)))
 
@@ -107,7 +109,7 @@ def _optional_int(value, low, message):
     """None, or an int (not bool) >= ``low``; else ``ValueError(message)``."""
     if value is None:
         return None
-    if not _is_int(value) or value < low:
+    if not is_int(value) or value < low:
         raise ValueError(message)
     return int(value)
 
@@ -131,7 +133,7 @@ def name(value):
     return value
 
 
-#: The accepted ``nonfinite`` policies (see ``_core.screen_nonfinite``).
+#: The accepted ``nonfinite`` policies (see ``_apply.prepare``).
 NONFINITE_POLICIES = ("propagate", "skip", "raise")
 
 
@@ -154,7 +156,8 @@ def clip_exclusive(clipnorm, clipvalue, global_clipnorm):
 
 # ---------------------------------------------------------------- arrays
 
-def _describe(x):
+def describe(x):
+    """``module.qualname`` of ``x``'s type, for messages."""
     return f"{type(x).__module__}.{type(x).__qualname__}"
 
 
@@ -184,7 +187,7 @@ def variable(x, label):
         return
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{label} must be a numpy.ndarray or a CUDA device array, got "
-                        f"{_describe(x)}.")
+                        f"{describe(x)}.")
     if x.dtype not in CPU_DTYPES:
         hint = (" float16 is supported on CUDA only; keep float32 master weights on the CPU."
                 if x.dtype == np.float16 else "")
@@ -249,11 +252,16 @@ def same_device(arrays, labels):
 
 
 def gradient(g, var, label):
-    """Check one gradient against its variable: same dtype and shape, C-contiguous, and
-    on the variable's device (a numpy.ndarray for a NumPy variable, a CUDA device
-    array for a device variable)."""
+    """Check one gradient against its variable (see ``like_variable``)."""
+    like_variable(g, var, label, "a numpy.ndarray or None")
+
+
+def like_variable(x, var, label, host_kind="a numpy.ndarray"):
+    """Check an array that stands for variable ``var`` (a gradient, or the target of a
+    copy): same dtype and shape, C-contiguous, and on the variable's device (a
+    numpy.ndarray for a NumPy variable, a CUDA device array for a device variable)."""
     shape, dtype, contiguous = _array_facts(
-        g, _devices.kind(var) == _devices.CUDA, label, "a numpy.ndarray or None",
+        x, _devices.kind(var) == _devices.CUDA, label, host_kind,
         "; sequences are not converted")
     if dtype != var.dtype:
         raise TypeError(f"{label} has dtype {dtype} but its variable has dtype {var.dtype}.")
@@ -272,13 +280,13 @@ def _array_facts(x, on_device, label, host_kind, host_hint):
     if on_device:
         if _devices.kind(x) != _devices.CUDA:
             raise TypeError(f"{label} must be a CUDA device array like its variable, got "
-                            f"{_describe(x)}; CPU and GPU arrays cannot be mixed.")
+                            f"{describe(x)}; CPU and GPU arrays cannot be mixed.")
         view = _devices.as_device_array(x, label)
         return tuple(view.shape), view.dtype, view.is_c_contiguous()
     if not isinstance(x, np.ndarray):
         mixed = ("; CPU and GPU arrays cannot be mixed" if _devices.is_device_array(x)
                  else host_hint)
-        raise TypeError(f"{label} must be {host_kind}, got {_describe(x)}{mixed}.")
+        raise TypeError(f"{label} must be {host_kind}, got {describe(x)}{mixed}.")
     return x.shape, x.dtype, x.flags.c_contiguous
 
 
@@ -288,7 +296,7 @@ def stream(value):
     if value is None or callable(getattr(value, "synchronize", None)):
         return value
     raise TypeError(f"Argument `stream` must be None or a numba.cuda stream, got "
-                    f"{_describe(value)}.")
+                    f"{describe(value)}.")
 
 
 def sparse_gradient(g, var, label):
@@ -322,7 +330,7 @@ def sparse_gradient(g, var, label):
         kinds = ("a numpy.ndarray or a CUDA device array" if on_device
                  else "a numpy.ndarray")
         raise TypeError(f"{label}: `indices` must be {kinds} of integers, got "
-                        f"{_describe(indices)}.")
+                        f"{describe(indices)}.")
     if indices.dtype.kind not in "iu":
         raise TypeError(f"{label}: `indices` has dtype {indices.dtype}; expected an integer "
                         "dtype.")
@@ -382,7 +390,7 @@ def exclusion_pattern(var_names):
 def sequence(value, label):
     """Return ``value`` as a list if it is a list or tuple, else raise TypeError."""
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{label} must be a list, a tuple or a dict, got {_describe(value)}.")
+        raise TypeError(f"{label} must be a list, a tuple or a dict, got {describe(value)}.")
     return list(value)
 
 
@@ -399,158 +407,10 @@ def names(values, count):
     return tuple(values)
 
 
-# ---------------------------------------------------------------- saved state
-
-#: The version of the ``state_dict`` layout this code writes and reads.
-STATE_FORMAT_VERSION = 1
-
-STATE_DICT_KEYS = ("format_version", "config", "raw_steps", "iterations", "skipped_steps",
-                   "names", "shapes", "dtypes", "slots", "touched_rows")
-
-
-def counter(value, label):
-    """A saved counter: an int (Python or NumPy, or a 0-d integer array) >= 0, as int."""
-    if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "iu":
-        value = value[()]
-    if not _is_int(value) or value < 0:
-        raise ValueError(f"{label} must be an integer >= 0, got {value!r}.")
-    return int(value)
-
-
-def saved_array(value, shape, dtype, label):
-    """A saved slot: a numpy array with exactly ``shape`` and ``dtype``."""
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{label} must be a numpy.ndarray, got {_describe(value)}.")
-    if value.shape != tuple(shape):
-        raise ValueError(f"{label} has shape {value.shape}; expected {tuple(shape)}.")
-    if value.dtype != dtype:
-        raise TypeError(f"{label} has dtype {value.dtype}; expected {np.dtype(dtype)}.")
-
-
-def state_dict(d):
-    """Check the self-consistency of a ``state_dict`` (no optimizer needed); mutates nothing.
-
-    Checks the key set, ``format_version``, the counters (``iterations`` must equal
-    ``raw_steps`` or ``raw_steps // gradient_accumulation_steps`` of the saved
-    ``config``), the ``names`` / ``shapes`` / ``dtypes`` lists, and that ``slots`` holds
-    one array per slot of the saved configuration, each with its variable's shape and
-    dtype, in ``variables`` order (EMA averages, accumulators, then m, u per variable).
-    ``touched_rows`` lists, per variable, the rows sparse gradients touched in the
-    open accumulation window (an empty list without accumulation). Raises
-    ``TypeError``/``ValueError`` naming the field. Returns ``(config, raw_steps,
-    skipped_steps, names, shapes, dtypes, touched_rows)`` normalised (tuples,
-    ``np.dtype``).
-    """
-    if not isinstance(d, dict):
-        raise TypeError(f"A state dict must be a dict, got {_describe(d)}.")
-    missing = [k for k in STATE_DICT_KEYS if k not in d]
-    unknown = sorted(str(k) for k in d if k not in STATE_DICT_KEYS)
-    if missing or unknown:
-        raise ValueError(f"State dict keys do not match: missing {missing}, unknown {unknown}.")
-    version = d["format_version"]
-    if not _is_int(version) or version != STATE_FORMAT_VERSION:
-        raise ValueError(f"State dict field 'format_version' is {version!r}; this version of "
-                         f"numba_adamax reads format {STATE_FORMAT_VERSION} only.")
-    config = d["config"]
-    if not isinstance(config, dict):
-        raise TypeError(f"State dict field 'config' must be a dict, got {_describe(config)}.")
-    use_ema = config.get("use_ema", False)
-    gas = config.get("gradient_accumulation_steps")
-    if not isinstance(use_ema, bool):
-        raise ValueError(f"State dict field 'config': use_ema must be a bool, got {use_ema!r}.")
-    if gas is not None:
-        gradient_accumulation_steps(gas)
-    raw = counter(d["raw_steps"], "State dict field 'raw_steps'")
-    iterations = counter(d["iterations"], "State dict field 'iterations'")
-    skipped = counter(d["skipped_steps"], "State dict field 'skipped_steps'")
-    if iterations != (raw // gas if gas else raw):
-        raise ValueError(f"State dict field 'iterations' is {iterations}, inconsistent with "
-                         f"raw_steps={raw} and gradient_accumulation_steps={gas}.")
-    saved_names = d["names"]
-    if not isinstance(saved_names, (list, tuple)) or not saved_names:
-        raise ValueError("State dict field 'names' must be a non-empty list of str.")
-    count = len(saved_names)
-    saved_names = names(saved_names, count)
-    shapes, dtypes = d["shapes"], d["dtypes"]
-    if not isinstance(shapes, (list, tuple)) or len(shapes) != count:
-        raise ValueError(f"State dict field 'shapes' must be a list of {count} shapes.")
-    if not isinstance(dtypes, (list, tuple)) or len(dtypes) != count:
-        raise ValueError(f"State dict field 'dtypes' must be a list of {count} dtype names.")
-    shapes = tuple(_shape(s, f"State dict field 'shapes'[{i}]") for i, s in enumerate(shapes))
-    dtypes = tuple(_saved_dtype(t, f"State dict field 'dtypes'[{i}]") for i, t in enumerate(dtypes))
-    slots = d["slots"]
-    per_variable = 2 + use_ema + (gas is not None)
-    if not isinstance(slots, (list, tuple)) or len(slots) != per_variable * count:
-        got = len(slots) if isinstance(slots, (list, tuple)) else _describe(slots)
-        raise ValueError(f"State dict field 'slots' must be a list of {per_variable * count} "
-                         f"arrays ({per_variable} per variable); got {got}.")
-    for j, i in enumerate(slot_owners(count, use_ema, gas is not None)):
-        saved_array(slots[j], shapes[i], slot_dtype(dtypes[i]),
-                    f"State dict field 'slots'[{j}] (variable {saved_names[i]!r})")
-    touched = _touched_rows(d["touched_rows"], shapes, gas is not None)
-    return config, raw, skipped, saved_names, shapes, dtypes, touched
-
-
-def _touched_rows(value, shapes, use_accumulator):
-    label = "State dict field 'touched_rows'"
-    expected = len(shapes) if use_accumulator else 0
-    if not isinstance(value, (list, tuple)) or len(value) != expected:
-        raise ValueError(f"{label} must be a list of {expected} row lists.")
-    rows = []
-    for i, (entry, shape) in enumerate(zip(value, shapes)):
-        limit = shape[0] if shape else 1
-        if not isinstance(entry, (list, tuple)) or not all(
-                _is_int(r) and 0 <= r < limit for r in entry):
-            raise ValueError(f"{label}[{i}] must be a list of row numbers in [0, {limit}).")
-        rows.append(tuple(int(r) for r in entry))
-    return tuple(rows)
-
-
-def slot_owners(count, use_ema, use_accumulator):
-    """The variable index of each slot array in ``variables`` order (after the counter)."""
-    owners = list(range(count)) * use_ema + list(range(count)) * use_accumulator
-    return owners + [i for i in range(count) for _ in range(2)]
-
-
-def _shape(value, label):
+def shape(value, label):
+    """A shape: a list or tuple of ints >= 0 (not bools), returned as a tuple of int;
+    else ValueError naming ``label``."""
     if (not isinstance(value, (list, tuple))
-            or not all(_is_int(n) and n >= 0 for n in value)):
-        raise ValueError(f"{label} must be a list of ints >= 0, got {value!r}.")
+            or not all(is_int(n) and n >= 0 for n in value)):
+        raise ValueError(f"{label} must be a tuple of non-negative ints, got {value!r}.")
     return tuple(int(n) for n in value)
-
-
-def _saved_dtype(value, label):
-    if not isinstance(value, str) or value not in ("float16", "float32", "float64"):
-        raise ValueError(f"{label} must be 'float16', 'float32' or 'float64', got {value!r}.")
-    return np.dtype(value)
-
-
-def state_dict_config_matches(config, hyperparameters):
-    """The saved ``config`` and ``hyperparameters`` agree on the settings that decide
-    which slots exist (``use_ema``, ``gradient_accumulation_steps``); else ValueError."""
-    for field in ("use_ema", "gradient_accumulation_steps"):
-        default = False if field == "use_ema" else None
-        ours, theirs = getattr(hyperparameters, field), config.get(field, default)
-        if ours != theirs:
-            raise ValueError(f"State dict field 'config': {field}={theirs!r} in the saved "
-                             f"state but {field}={ours!r} in this optimizer; they decide "
-                             "which slots exist.")
-
-
-def state_dict_matches(saved, state):
-    """Check a validated ``state_dict`` (the tuple returned by ``state_dict``) against an
-    ``AdamaxState``: the same variable names, shapes and dtypes in the same order, and the
-    same slot-deciding settings (``use_ema``, ``gradient_accumulation_steps``). Raises
-    ``ValueError`` naming the field; mutates nothing."""
-    config, _, _, saved_names, shapes, dtypes, _ = saved
-    state_dict_config_matches(config, state.hyperparameters)
-    if saved_names != tuple(state.names):
-        raise ValueError(f"State dict field 'names' is {list(saved_names)}; this optimizer "
-                         f"has {list(state.names)}.")
-    for i, p in enumerate(state.arrays):
-        if shapes[i] != tuple(p.shape):
-            raise ValueError(f"State dict field 'shapes'[{i}] (variable {saved_names[i]!r}) is "
-                             f"{shapes[i]}; the variable has shape {p.shape}.")
-        if dtypes[i] != p.dtype:
-            raise TypeError(f"State dict field 'dtypes'[{i}] (variable {saved_names[i]!r}) is "
-                            f"{dtypes[i]}; the variable has dtype {p.dtype}.")

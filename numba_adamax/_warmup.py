@@ -1,29 +1,32 @@
 """Compile the kernels ahead of the first step."""
 import numpy as np
 
+from . import _validation as check
+
 _DTYPES = ("float32", "float64")
 
 
 def warmup(dtypes=_DTYPES):
-    """Compile (or load from the on-disk cache) every CPU kernel for ``dtypes``.
+    """Compile (or load from the on-disk cache) the CPU kernels of the default
+    configuration (no clipping, EMA, accumulation or loss scaling) for ``dtypes``:
+    the update, the squared-norm and the finite-check passes, serial and parallel.
+    Other configurations compile on their first step.
 
     Runs each kernel once on a tiny scratch array; touches no user state. Returns
-    the number of kernel signatures now compiled.
+    the number of CPU kernel signatures now compiled.
     """
-    from . import _cpu
-    from ._core import init
+    from .functional import init
+    from .kernels import cpu
     for name in dtypes:
-        dtype = np.dtype(name)
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"warmup: unsupported dtype {name!r}; expected float32 or float64.")
-        state = init([np.zeros(1, dtype)])
-        group = state.groups[0]
+        dtype = check.float_dtype(name, "warmup: `dtypes` entry")
+        group = init([np.zeros(1, dtype)]).groups[0]
         no_gradient = np.zeros(1, np.int64)
         for parallel in (False, True):
-            _cpu.update(parallel, group.chunks, group.table, no_gradient, -1, None, None,
-                        group.m, group.u, None, None, None, 1.0, 0.0, None, 0.1, 0.9, 0.999,
-                        1e-7, 1.0, 0.0, False)
-            _cpu.sum_of_squares(parallel, group.chunks, group.table, no_gradient, -1, group.m,
-                                None, None, 1.0)
-            _cpu.all_finite(parallel, group.chunks, group.table, no_gradient, -1, group.m)
-    return sum(len(k.signatures) for k in _cpu.DISPATCHERS)
+            cpu.update(parallel, group.chunks, group.table, no_gradient, -1, None, None,
+                       group.m, group.u, None, None, None, 1.0, 0.0, None, 0.1, 0.999, 1e-7,
+                       0.1, 0.0, False)
+            cpu.chunk_sums_of_squares(parallel, group.chunks, group.table, no_gradient, -1,
+                                      group.m, None, None, 1.0)
+            cpu.nonfinite_flags(parallel, group.chunks, group.table, no_gradient, -1, group.m,
+                                np.zeros(1, np.uint8))
+    return sum(len(k.signatures) for k in cpu.DISPATCHERS)

@@ -1,13 +1,12 @@
 """The ``Adamax`` class: Keras 3's optimizer interface over the functional core."""
-import operator
-
 import numpy as np
 
+from . import _apply
 from . import _checkpoint
-from . import _core
 from . import _state
 from . import _state_dict
 from . import _validation as check
+from . import functional
 from ._flat_buffer import FlatBuffer
 from ._hyperparameters import Hyperparameters, from_keywords
 
@@ -140,14 +139,15 @@ class Adamax:
         self._hp.set_learning_rate(value)
 
     def build(self, variables, names=None):
-        """Allocate the slots for ``variables`` (list/tuple of arrays or dict name -> array).
+        """Allocate the slots for ``variables`` (list/tuple of arrays, dict name -> array,
+        or a ``FlatBuffer``).
 
         Does nothing if already built. Mutates only this optimizer.
         """
         if self._state is None:
             self._adopt(self._new_state(variables, names))
 
-    def _new_state(self, variables, names):
+    def _new_state(self, variables, names=None):
         """A fresh state for ``variables`` with any pending load applied (the load is
         checked again against it first). The optimizer itself is not changed."""
         state = _state.create(variables, names, self._hp)
@@ -157,9 +157,7 @@ class Adamax:
         return state
 
     def _adopt(self, state):
-        state.set_weight_decay_exclusions(*self._exclusions)
-        state.stream = self._stream
-        self._hp.lock()
+        functional.adopt(state, self._exclusions, self._stream)
         self._state = state
         self._pending = None
 
@@ -169,98 +167,31 @@ class Adamax:
         """Apply one optimizer call: update ``variables`` and the slots in place.
 
         ``grads`` is a list/tuple (matched to ``variables`` by position) or a dict
-        (matched by name); ``None`` entries skip their variable with a warning, and
+        (matched by key); ``None`` entries skip their variable with a warning, and
         an ``IndexedSlices`` entry updates only the rows it names (lazy, as in TF 1.x).
         Without ``variables`` the optimizer must be built and ``grads`` covers every
-        built variable. The first call builds. Every input is validated before
-        anything (the build included) changes.
+        built variable (or, as a dict, names some of them). The first call builds.
+        Every input is validated before anything (the build included) changes.
 
         With ``variables`` a ``FlatBuffer`` (or omitted after building on one) and
         ``grads`` a ``FlatBuffer`` of the same layout, the gradients are checked in
         O(1); other ``FlatBuffer`` arguments count as lists of their arrays.
         """
-        if isinstance(grads, FlatBuffer) and self._apply_flat(grads, variables):
-            return
-        if isinstance(grads, FlatBuffer):
-            grads = list(grads.arrays)
-        if isinstance(variables, FlatBuffer):
-            if self._state is not None and variables is not self._state.buffer:
-                raise ValueError("`variables` is not the FlatBuffer the optimizer was "
-                                 "built with.")
-            variables = list(variables.arrays)
-        names = None
-        if isinstance(grads, dict):
-            grads, variables, names = self._from_dicts(grads, variables)
-        else:
-            grads = check.sequence(grads, "`grads`")
-        if not grads:
+        if isinstance(grads, (list, tuple)) and not grads:
             return
         state = self._state
-        if variables is None:
-            if state is None:
+        fresh = state is None
+        if fresh:
+            if variables is None:
                 raise ValueError("When passing `grads` without `variables`, the optimizer "
                                  "must already be built on a list of variables. Call "
                                  "`optimizer.build(variables)` first.")
-            if len(grads) != len(state.params):
-                raise ValueError(f"Got {len(grads)} gradients for {len(state.params)} "
-                                 "built variables.")
-            _core.apply_indexed(state, grads)
-            return
-        variables = check.sequence(variables, "`variables`")
-        if len(variables) != len(grads):
-            raise ValueError(f"Got {len(grads)} gradients for {len(variables)} variables.")
-        fresh = state is None
-        if fresh:
-            state = self._new_state(variables, names)
-        if not fresh and len(variables) == len(state.params) and all(
-                map(operator.is_, variables, state.params)):
-            _core.apply_indexed(state, grads)  # the built variables, in order
-            return
-        indices = [state.index_of(v) for v in variables]
-        if len(set(indices)) != len(indices):
-            raise ValueError("The same variable appears more than once in `variables`.")
-        full = [None] * len(state.params)
-        for j, i in enumerate(indices):
-            full[i] = grads[j]
-        lr = _core.prepare_call(state, full, indices)
+            state = self._new_state(variables)
+        grads, passed = functional.match(state, grads, variables)
+        call = _apply.prepare(state, grads, passed)
         if fresh:
             self._adopt(state)  # only now: a failed first call builds nothing
-        _core.commit(state, full, lr)
-
-    def _apply_flat(self, grads, variables):
-        """The O(1) path of ``apply``; returns False (having changed nothing) when
-        ``grads`` and ``variables`` do not qualify for it."""
-        state = self._state
-        fresh = state is None
-        if fresh:
-            if not isinstance(variables, FlatBuffer):
-                return False
-            state = _state.create(variables, None, self._hp)
-        elif variables is not None and variables is not state.buffer:
-            return False
-        if not _core.is_flat_gradient(state, grads):
-            return False
-        lr = _core.prepare_call(state, grads)
-        if fresh:
-            self._adopt(state)
-        _core.commit(state, grads, lr)
-        return True
-
-    def _from_dicts(self, grads, variables):
-        if variables is None:
-            if self._state is None:
-                raise ValueError("When passing `grads` without `variables`, the optimizer "
-                                 "must already be built.")
-            unknown = [k for k in grads if str(k) not in self._state.name_index]
-            if unknown:
-                raise ValueError(f"Unknown variable name(s) in `grads`: {unknown}")
-            return (list(grads.values()),
-                    [self._state.params[self._state.name_index[str(k)]] for k in grads], None)
-        if not isinstance(variables, dict) or set(variables) != set(grads):
-            raise ValueError("When `grads` is a dict, `variables` must be a dict with the "
-                             "same keys.")
-        keys = list(variables)
-        return [grads[k] for k in keys], [variables[k] for k in keys], [str(k) for k in keys]
+        _apply.commit(call)
 
     def apply_gradients(self, grads_and_vars):
         """``apply`` on a sequence of ``(gradient, variable)`` pairs; returns the call count."""
@@ -291,14 +222,10 @@ class Adamax:
                              f"does not match the length of EMA averages ({len(averages)}).")
         for j, v in enumerate(variables):
             check.variable(v, f"variables[{j}]")
-            check.gradient(v, self._state.arrays[j], f"variables[{j}]")
-        if self._state.device is not None:
-            from . import _cuda, _devices
-            for v, avg in zip(variables, averages):
-                _cuda.assign(_devices.as_device_array(v), avg, self._state.stream)
-            return
-        for v, avg in zip(variables, averages):
-            np.copyto(v, avg)
+            check.like_variable(v, self._state.arrays[j], f"variables[{j}]")
+        state = self._state
+        for v, average in zip(variables, averages):
+            state.backend.assign(v, average, state.stream)
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         """Exclude variables from weight decay: those in ``var_list`` (by identity) and those
@@ -367,7 +294,7 @@ class Adamax:
         if self._state is not None:
             _state_dict.apply_state_dict(d, saved, self._state)
             return
-        check.state_dict_config_matches(saved[0], self._hp)
+        _state_dict.state_dict_config_matches(saved[0], self._hp)
         d = _state_dict.detached(d)
         self._pending = (lambda state: _state_dict.check_state_dict(d, state),
                          lambda state, checked: _state_dict.apply_state_dict(d, checked, state))

@@ -818,13 +818,13 @@ def test_class_state_is_the_functional_state():
 def test_import_compiles_nothing_and_warmup_compiles():
     code = (
         "import numba_adamax\n"
-        "from numba_adamax import _cpu\n"
+        "from numba_adamax.kernels import cpu as _cpu\n"
         "assert all(len(d.signatures) == 0 for d in _cpu.DISPATCHERS), "
         "[d.signatures for d in _cpu.DISPATCHERS]\n"
         "n = numba_adamax.warmup()\n"
         "assert n > 0, n\n"
         "assert len(_cpu.update.signatures) >= 2, _cpu.update.signatures\n"
-        "assert len(_cpu.sum_of_squares.signatures) >= 2\n"
+        "assert len(_cpu.chunk_sums_of_squares.signatures) >= 2\n"
         "assert n == sum(len(d.signatures) for d in _cpu.DISPATCHERS)\n"
         "print('ok', n)\n"
     )
@@ -913,7 +913,7 @@ def test_integrations_import_torch_lazily():
     assert "pip install" in out.stdout
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, numba_adamax, numba_adamax.integrations; "
-                               "print(sorted(m for m in ('torch', 'numba_adamax._cpu') "
+                               "print(sorted(m for m in ('torch', 'numba_adamax.kernels.cpu', 'numba') "
                                "if m in sys.modules))"],
         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
     assert probe.returncode == 0, probe.stderr

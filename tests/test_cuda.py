@@ -2,7 +2,7 @@
 sparse ``IndexedSlices`` gradients (parity with the CPU's lazy path, the legacy-TF vectors).
 
 Runs under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) in CI and unchanged on a
-real GPU; skipped otherwise. ``_cuda.BLOCK_SIZE`` and ``_state.CHUNK`` are patched small,
+real GPU; skipped otherwise. ``config.BLOCK_SIZE`` and ``config.CHUNK`` are patched small,
 so the tiny variables here span several chunks, blocks and a partial block.
 
 Tolerances: the CPU and CUDA kernels run the same float operations in the same order on
@@ -26,7 +26,8 @@ if cuda is None or not (os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or cuda.is
     pytest.skip("needs a CUDA GPU or NUMBA_ENABLE_CUDASIM=1", allow_module_level=True)
 
 import numba_adamax as na  # noqa: E402
-from numba_adamax import _cuda, _devices, _state  # noqa: E402
+from numba_adamax import _devices  # noqa: E402
+from numba_adamax.kernels import config  # noqa: E402
 from configs import CONFIGS, Clock, build_optimizer  # noqa: E402
 from conformance import load_keras_configs, optimizer_kwargs  # noqa: E402
 from test_sparse import (PATTERNS, TF_NAMES, legacy_grads, legacy_kwargs,  # noqa: E402
@@ -42,8 +43,8 @@ NORM_CONFIGS = {name for name, c in CONFIGS.items()
 
 @pytest.fixture(autouse=True)
 def small_launches(monkeypatch):
-    monkeypatch.setattr(_cuda, "BLOCK_SIZE", 4)
-    monkeypatch.setattr(_state, "CHUNK", 6)
+    monkeypatch.setattr(config, "BLOCK_SIZE", 4)
+    monkeypatch.setattr(config, "CHUNK", 6)
 
 
 def _problem(seed, steps, dtype=np.float32, with_none=True):
@@ -414,16 +415,17 @@ def test_sparse_touched_rows_are_kept_within_a_window():
 
 
 def test_sparse_deduplication_sums_rows_in_order_on_the_device():
-    from numba_adamax import _sparse, _sparse_cpu
+    from numba_adamax.kernels import cpu_sparse
     rng = np.random.default_rng(14)
     indices = np.array([5, 2, 5, 5, 0, 2, 7])
     values = (rng.standard_normal((7, 3)) * 10.0 ** rng.integers(-8, 8, (7, 1))).astype(
         np.float32)
-    rows, summed = _sparse_cpu.deduplicate(False, indices, values)
+    rows, summed = cpu_sparse.deduplicate(False, indices, values)
     slices = na.IndexedSlices(cuda.to_device(values), cuda.to_device(indices))
-    got_rows, got = _sparse.deduplicate_on_device(slices, np.dtype(np.float32), None)
-    np.testing.assert_array_equal(got_rows, rows)
-    np.testing.assert_array_equal(got.copy_to_host(), summed)
+    state = na.init([cuda.to_device(np.zeros((8, 3), np.float32))])
+    got = state.backend.deduplicate(state, 0, slices)
+    np.testing.assert_array_equal(got.rows, rows)
+    np.testing.assert_array_equal(got.values.copy_to_host().reshape(summed.shape), summed)
     np.testing.assert_array_equal(rows, [5, 2, 0, 7])
 
 

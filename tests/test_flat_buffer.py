@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import numba_adamax as na
-from numba_adamax import _cpu
+from numba_adamax.kernels import cpu as cpu_kernels
 from configs import CONFIGS, Clock, make_kwargs
 
 SHAPES = [(3, 5), (7,), (0,), (2, 1, 3), (33,)]
@@ -115,14 +115,14 @@ def test_flat_path_equals_separate_arrays(name, api):
 
 def test_mixed_dtypes_make_one_kernel_call_per_dtype(monkeypatch):
     calls = []
-    original = _cpu.update
+    original = cpu_kernels.update
 
     class Counting:
         def __call__(self, *args):
             calls.append(args[7].dtype)
             return original(*args)
 
-    monkeypatch.setattr(_cpu, "update", Counting())
+    monkeypatch.setattr(cpu_kernels, "update", Counting())
     params = [np.ones(n, np.float32 if n % 2 else np.float64) for n in range(1, 40)]
     opt = na.Adamax()
     opt.apply([np.ones_like(p) for p in params], params)

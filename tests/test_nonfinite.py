@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import numba_adamax as na
-from numba_adamax import _cpu, _state
+from numba_adamax.kernels import config, cpu
 from checkpoint_helpers import CALLS, Run, assert_same_snapshot, snapshot
 from configs import CONFIG_NAMES
 
@@ -116,12 +116,15 @@ def test_nonfinite_is_settable_after_build():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("parallel", [False, True])
 def test_all_finite_kernel_matches_numpy(dtype, parallel):
-    chunk = _state.CHUNK
+    chunk = config.CHUNK
 
     def all_finite(g):
         group = na.init([np.zeros(g.size, dtype)]).groups[0]
         refs = np.array([g.__array_interface__["data"][0]], np.int64)
-        return _cpu.all_finite(parallel, group.chunks, group.table, refs, -1, group.m)
+        flags = np.zeros(1, np.uint8)
+        ok = cpu.nonfinite_flags(parallel, group.chunks, group.table, refs, -1, group.m, flags)
+        assert bool(flags[0]) is not ok
+        return ok
 
     for size in (0, 1, chunk - 1, chunk, chunk + 1, 3 * chunk + 7):
         g = np.linspace(-1, 1, size).astype(dtype)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import numba_adamax as na
 from configs import CONFIG_NAMES, CONFIGS, Clock, build_optimizer, init_state, make_kwargs
 from conformance import load_tf_sparse_configs
-from numba_adamax import _cpu
+from numba_adamax.kernels import config as kernel_config
 from sparse_reference import LazySparseReference
 
 F64_TOL = dict(rtol=1e-12, atol=1e-14)
@@ -389,7 +389,7 @@ def test_serial_and_parallel_loops_are_bit_identical(name, dtype, monkeypatch):
              (["sparse"] * 3, ["random", "random", "empty"])] * 2
     init, grads = build_problem(dtype, shapes, calls, seed=9)
     serial = run_library(name, init, grads)
-    monkeypatch.setattr(_cpu, "PARALLEL_THRESHOLD", 8)
+    monkeypatch.setattr(kernel_config, "PARALLEL_THRESHOLD", 8)
     parallel = run_library(name, init, grads)
     assert_rows_identical(name, serial, parallel)
 
@@ -399,25 +399,25 @@ def test_serial_and_parallel_loops_are_bit_identical(name, dtype, monkeypatch):
 @pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_deduplicate_sums_rows_in_order_of_first_appearance(parallel, dtype):
-    from numba_adamax import _sparse_cpu
+    from numba_adamax.kernels import cpu_sparse
     rng = np.random.default_rng(2)
     for k, n_rows in [(0, 5), (1, 5), (50, 7), (300, 1000), (4096, 200_000)]:
         indices = rng.integers(0, n_rows, k)
         values = rng.standard_normal((k, 3)).astype(dtype)
-        rows, summed = _sparse_cpu.deduplicate(parallel, indices, values)
+        rows, summed = cpu_sparse.deduplicate(parallel, indices, values)
         _, first = np.unique(indices, return_index=True)
         np.testing.assert_array_equal(rows, indices[np.sort(first)])
         expected = np.zeros((n_rows, 3), np.float64)
         np.add.at(expected, indices, values.astype(np.float64))
         np.testing.assert_allclose(summed, expected[rows], **tolerance(dtype))
-        again = _sparse_cpu.deduplicate(not parallel, indices, values)
+        again = cpu_sparse.deduplicate(not parallel, indices, values)
         np.testing.assert_array_equal(again[1], summed)
 
 
 def test_deduplicate_without_repeats_returns_the_values():
-    from numba_adamax import _sparse_cpu
+    from numba_adamax.kernels import cpu_sparse
     values = np.arange(8.0).reshape(4, 2)
-    rows, summed = _sparse_cpu.deduplicate(False, np.array([3, 0, 9, 2]), values)
+    rows, summed = cpu_sparse.deduplicate(False, np.array([3, 0, 9, 2]), values)
     np.testing.assert_array_equal(rows, [3, 0, 9, 2])
     assert summed is values
 
@@ -425,11 +425,13 @@ def test_deduplicate_without_repeats_returns_the_values():
 def test_element_body_with_flat_indices_matches_the_row_loops():
     """The per-element bodies take the gradient index k and the variable index i apart (as a
     GPU thread would); a flat loop over (k, i) gives the bits of the CPU row loops."""
+    import numba
     from numba import njit
 
-    from numba_adamax import _math, _sparse_cpu
+    from numba_adamax.kernels import cpu_sparse, elementwise
 
-    body = _math.compile_for(njit(inline="always", error_model="numpy")).sparse_update_at
+    inline = njit(inline="always", error_model="numpy")
+    body = elementwise.compile_for(inline, numba.float64).sparse_update_at
 
     @njit(error_model="numpy")
     def flat_update(rows, row_size, w, g, m, u, a, scalars):
@@ -447,7 +449,7 @@ def test_element_body_with_flat_indices_matches_the_row_loops():
     original = w.copy()
     expected = [x.copy() for x in (w, m, u)]
     ls, st, cs, cd, cv, lr, wd, omb1, b2, eps, bc = scalars
-    _sparse_cpu.update_rows(False, rows, row_size, *expected[:1], g, *expected[1:], None, ls, st,
+    cpu_sparse.update_rows(False, rows, row_size, *expected[:1], g, *expected[1:], None, ls, st,
                             cs, cd, cv, lr, True, wd, omb1, b2, eps, bc)
     flat_update(rows, row_size, w, g, m, u, None, scalars)
     for got, want in zip((w, m, u), expected):
@@ -459,15 +461,15 @@ def test_element_body_with_flat_indices_matches_the_row_loops():
 
 
 def test_repeated_sparse_steps_add_no_signatures():
-    from numba_adamax import _sparse_cpu
+    from numba_adamax.kernels import cpu_sparse
     w = np.zeros((10, 4), np.float32)
     opt = na.Adamax(learning_rate=0.1, clipnorm=1.0)
     values = np.ones((3, 4), np.float32)
     opt.apply([na.IndexedSlices(values, np.array([1, 2, 1], np.int32))], [w])
-    before = [len(d.signatures) for d in _sparse_cpu.DISPATCHERS]
+    before = [len(d.signatures) for d in cpu_sparse.DISPATCHERS]
     for dtype in (np.int64, np.int16, np.uint32, np.int32):
         opt.apply([na.IndexedSlices(values, np.array([4, 4, 9], dtype))], [w])
-    assert [len(d.signatures) for d in _sparse_cpu.DISPATCHERS] == before
+    assert [len(d.signatures) for d in cpu_sparse.DISPATCHERS] == before
 
 
 # ============================================================ errors change nothing
@@ -585,15 +587,16 @@ def test_nonfinite_sparse_values_follow_the_policy_and_change_nothing(policy):
 
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_plan_gives_the_rows_and_sums_of_deduplicate(pattern):
-    """``_sparse.plan`` (the host plan device deduplication follows) lists the rows of the
+    """``backends.cuda.plan`` (the host plan device deduplication follows) lists the rows of the
     deduplication kernel, and summing by it in order gives its bits."""
-    from numba_adamax import _sparse, _sparse_cpu
+    from numba_adamax.backends.cuda import plan as device_plan
+    from numba_adamax.kernels import cpu_sparse
     rng = np.random.default_rng(4)
     indices = make_indices(rng, pattern, 7)
     values = (rng.standard_normal((indices.size, 2))
               * 10.0 ** rng.integers(-6, 6, (indices.size, 1))).astype(np.float32)
-    rows, summed = _sparse_cpu.deduplicate(False, indices.astype(np.int64), values)
-    plan = _sparse.plan(indices)
+    rows, summed = cpu_sparse.deduplicate(False, indices.astype(np.int64), values)
+    plan = device_plan(indices)
     np.testing.assert_array_equal(plan.rows, rows)
     out = np.empty((rows.size, 2), np.float32)
     for s in range(rows.size):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import numba_adamax as na
-from numba_adamax import _cpu
+from numba_adamax.kernels import cpu as cpu_kernels
 from checkpoint_helpers import bit_identical
 
 SIZES = (100_003, 5, 0, 40_000)  # two parallel-loop sizes, a serial one, an empty one
@@ -20,7 +20,7 @@ SETTINGS = [
 
 
 def test_every_kernel_releases_the_gil():
-    for kernel in _cpu.DISPATCHERS:
+    for kernel in cpu_kernels.DISPATCHERS:
         assert kernel.targetoptions["nogil"] is True, kernel.__name__
 
 

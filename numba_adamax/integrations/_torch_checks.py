@@ -10,6 +10,8 @@ import math
 import torch
 
 from .._indexed_slices import IndexedSlices
+from .._state import slot_names
+from . import _torch_options as options
 
 #: dtypes the CPU kernels accept.
 DTYPES = (torch.float32, torch.float64)
@@ -110,3 +112,75 @@ def step_count(value, label):
     if not math.isfinite(value) or value < 0 or value != int(value):
         raise ValueError(f"{label} must be a non-negative integer, got {value!r}.")
     return int(value)
+
+
+def state_dict(state_dict, param_groups, bindings):
+    """Validate a state dict against the optimizer's groups; mutates nothing.
+
+    Returns, per group, ``(group, hyperparameters, entries, steps)``: the new group
+    dict (loaded options, current ``params``/``param_names``), its validated
+    settings, the per-parameter state entries and the group's step count.
+    """
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}.")
+    missing = [key for key in ("state", "param_groups") if key not in state_dict]
+    if missing:
+        raise ValueError(f"state_dict lacks the key(s) {missing}.")
+    saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+    if not isinstance(saved_groups, (list, tuple)):
+        raise TypeError("state_dict['param_groups'] must be a list.")
+    if not isinstance(saved_state, dict):
+        raise TypeError("state_dict['state'] must be a dict.")
+    if len(saved_groups) != len(param_groups):
+        raise ValueError(f"state_dict has {len(saved_groups)} parameter groups; this "
+                         f"optimizer has {len(param_groups)}.")
+    loaded, used = [], set()
+    for index, (saved, group, binding) in enumerate(zip(saved_groups, param_groups, bindings)):
+        label = f"state_dict['param_groups'][{index}]"
+        if not isinstance(saved, dict) or "params" not in saved:
+            raise TypeError(f"{label} must be a dict with a 'params' list.")
+        ids = saved["params"]
+        if not isinstance(ids, (list, tuple)):
+            raise TypeError(f"{label}['params'] must be a list of parameter indices.")
+        if len(ids) != len(binding.params):
+            raise ValueError(f"{label} has {len(ids)} parameters; group {index} of this "
+                             f"optimizer has {len(binding.params)}.")
+        new_group = {key: value for key, value in saved.items()
+                     if key not in ("params", "param_names")}
+        hyperparameters = options.hyperparameters(new_group, label)
+        new_group["betas"] = tuple(new_group["betas"])
+        new_group["params"] = group["params"]
+        if "param_names" in group:
+            new_group["param_names"] = group["param_names"]
+        wanted = {"step"} | {key for key, slot in options.SLOT_KEYS.items()
+                             if slot in slot_names(
+                                 hyperparameters.use_ema,
+                                 hyperparameters.gradient_accumulation_steps is not None)}
+        entries, steps = [], set()
+        for k, pid in enumerate(ids):
+            where = f"state_dict['state'][{pid!r}]"
+            if not isinstance(pid, int) or isinstance(pid, bool):
+                raise TypeError(f"{label}['params'] holds {pid!r}; expected int indices.")
+            if pid in used:
+                raise ValueError(f"parameter index {pid} appears in more than one place.")
+            used.add(pid)
+            if pid not in saved_state:
+                raise ValueError(f"{where} is missing.")
+            entry = saved_state[pid]
+            if not isinstance(entry, dict):
+                raise TypeError(f"{where} must be a dict.")
+            if set(entry) != wanted:
+                raise ValueError(f"{where} has keys {sorted(entry)}; with these options "
+                                 f"expected {sorted(wanted)}.")
+            steps.add(step_count(entry["step"], f"{where}['step']"))
+            for key in wanted - {"step"}:
+                slot_tensor(entry[key], binding.params[k], f"{where}[{key!r}]")
+            entries.append(entry)
+        if len(steps) > 1:
+            raise ValueError(f"the parameters of {label} have different steps "
+                             f"{sorted(steps)}; a group shares one step counter.")
+        loaded.append((new_group, hyperparameters, entries, steps.pop() if steps else 0))
+    unknown = [pid for pid in saved_state if pid not in used]
+    if unknown:
+        raise ValueError(f"state_dict['state'] has entries {unknown} that no group lists.")
+    return loaded

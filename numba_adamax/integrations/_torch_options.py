@@ -8,6 +8,9 @@ not import torch.
 """
 from .._hyperparameters import Hyperparameters
 
+#: ``optimizer.state[p]`` / ``state_dict()`` key -> numba_adamax slot name.
+SLOT_KEYS = {"exp_avg": "m", "exp_inf": "u", "ema": "ema", "accumulator": "accumulator"}
+
 #: The hyperparameter keys of a group, with the defaults of ``keras.optimizers.Adamax``.
 DEFAULTS = {
     "lr": 0.001,

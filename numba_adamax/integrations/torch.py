@@ -14,16 +14,16 @@ except ImportError as exc:
 
 import numpy as np
 
-from .. import _core, _state
+from .. import _apply, _state, functional
+from .._flat_buffer import aligned_offsets
+from .._host import copy_into, to_host
 from .._hyperparameters import STRUCTURAL
-from .._layout import aligned_offsets
 from . import _torch_checks as checks
 from . import _torch_options as options
 
 __all__ = ["Adamax"]
 
-#: ``optimizer.state[p]`` / ``state_dict()`` key -> numba_adamax slot name.
-SLOT_KEYS = {"exp_avg": "m", "exp_inf": "u", "ema": "ema", "accumulator": "accumulator"}
+SLOT_KEYS = options.SLOT_KEYS
 
 
 class _Binding:
@@ -203,7 +203,10 @@ class Adamax(torch.optim.Optimizer):
         if self._flat:
             for p, view in zip(params, views):
                 p.data = view
-        hyperparameters.lock()
+        if binding.state is None:
+            hyperparameters.lock()
+        else:
+            functional.adopt(binding.state)
         binding.pointers = [p.data_ptr() for p in params]
         self.param_groups.append(group)
         self._bindings.append(binding)
@@ -262,15 +265,16 @@ class Adamax(torch.optim.Optimizer):
                 grads.append(checks.gradient(p, label))
             if all(g is None for g in grads):
                 continue
-            lr = _core.prepare_call(binding.state, grads, in_call=(),
-                                    hyperparameters=hyperparameters)
-            calls.append((binding, hyperparameters, key, grads, lr))
-        for binding, hyperparameters, key, grads, lr in calls:
-            if hyperparameters is not binding.state.hyperparameters:
-                hyperparameters.lock()
-                binding.state.hyperparameters = hyperparameters
+            grads, _ = functional.match(binding.state, grads, None)
+            call = _apply.prepare(binding.state, grads, passed=(),
+                                  hyperparameters=hyperparameters)
+            calls.append((binding, key, call))
+        for binding, key, call in calls:
+            if call.hyperparameters is not binding.state.hyperparameters:
+                call.hyperparameters.lock()
+                binding.state.hyperparameters = call.hyperparameters
                 binding.key = key
-            _core.commit(binding.state, grads, lr)
+            _apply.commit(call)
             binding.step.fill_(binding.state.raw_steps)
             # The kernels write through NumPy; tell autograd the parameters changed.
             for p in binding.params:
@@ -314,7 +318,7 @@ class Adamax(torch.optim.Optimizer):
                 entry = {"step": binding.step.clone()}
                 for key, slot in SLOT_KEYS.items():
                     if slot in binding.state.slot_names():
-                        entry[key] = torch.from_numpy(binding.state.slot(k, slot).copy())
+                        entry[key] = torch.from_numpy(to_host(binding.state.slot(k, slot)))
                 state[start + k] = entry
             groups.append(packed)
             start += len(binding.params)
@@ -336,23 +340,24 @@ class Adamax(torch.optim.Optimizer):
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             returned = hook(self, state_dict)
             state_dict = state_dict if returned is None else returned
-        loaded = _checked_state_dict(state_dict, self.param_groups, self._bindings)
+        loaded = checks.state_dict(state_dict, self.param_groups, self._bindings)
         states = []
         for (group, hyperparameters, entries, steps), binding in zip(loaded, self._bindings):
             state = None
             if binding.params:
                 state = _state.create(list(binding.state.params), list(binding.state.names),
                                       hyperparameters)
+                functional.adopt(state)
                 for k, entry in enumerate(entries):
                     for key, slot in SLOT_KEYS.items():
                         if key in entry:
-                            state.slot(k, slot)[...] = entry[key].detach().cpu().numpy()
+                            copy_into(state.slot(k, slot), entry[key].detach().cpu().numpy())
                 state.raw_steps = steps
             states.append(state)
         # Everything is checked and built; commit.
         for index, ((group, hyperparameters, _, steps), state) in enumerate(zip(loaded, states)):
             binding = self._bindings[index]
-            hyperparameters.lock()
+            hyperparameters.lock()  # groups without parameters have no state to adopt it
             binding.state = state
             binding.key = options.key(group)
             binding.step.fill_(steps)
@@ -404,7 +409,7 @@ def _flat_views(params):
     """One zeroed contiguous tensor per dtype and, per parameter, a view of it that
     holds a copy of the parameter's values. Returns ``(buffers, views)``; the
     parameters themselves are not touched. Views start at multiples of
-    ``_layout.ALIGNMENT`` elements, like the slot buffers."""
+    ``_flat_buffer.ALIGNMENT`` elements, like the slot buffers."""
     by_dtype = {}
     for k, p in enumerate(params):
         by_dtype.setdefault(p.dtype, []).append(k)
@@ -418,75 +423,3 @@ def _flat_views(params):
             views[k] = view
         buffers[dtype] = buffer
     return buffers, views
-
-
-def _checked_state_dict(state_dict, param_groups, bindings):
-    """Validate a state dict against the optimizer's groups; mutates nothing.
-
-    Returns, per group, ``(group, hyperparameters, entries, steps)``: the new group
-    dict (loaded options, current ``params``/``param_names``), its validated
-    settings, the per-parameter state entries and the group's step count.
-    """
-    if not isinstance(state_dict, dict):
-        raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}.")
-    missing = [key for key in ("state", "param_groups") if key not in state_dict]
-    if missing:
-        raise ValueError(f"state_dict lacks the key(s) {missing}.")
-    saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
-    if not isinstance(saved_groups, (list, tuple)):
-        raise TypeError("state_dict['param_groups'] must be a list.")
-    if not isinstance(saved_state, dict):
-        raise TypeError("state_dict['state'] must be a dict.")
-    if len(saved_groups) != len(param_groups):
-        raise ValueError(f"state_dict has {len(saved_groups)} parameter groups; this "
-                         f"optimizer has {len(param_groups)}.")
-    loaded, used = [], set()
-    for index, (saved, group, binding) in enumerate(zip(saved_groups, param_groups, bindings)):
-        label = f"state_dict['param_groups'][{index}]"
-        if not isinstance(saved, dict) or "params" not in saved:
-            raise TypeError(f"{label} must be a dict with a 'params' list.")
-        ids = saved["params"]
-        if not isinstance(ids, (list, tuple)):
-            raise TypeError(f"{label}['params'] must be a list of parameter indices.")
-        if len(ids) != len(binding.params):
-            raise ValueError(f"{label} has {len(ids)} parameters; group {index} of this "
-                             f"optimizer has {len(binding.params)}.")
-        new_group = {key: value for key, value in saved.items()
-                     if key not in ("params", "param_names")}
-        hyperparameters = options.hyperparameters(new_group, label)
-        new_group["betas"] = tuple(new_group["betas"])
-        new_group["params"] = group["params"]
-        if "param_names" in group:
-            new_group["param_names"] = group["param_names"]
-        wanted = {"step"} | {key for key, slot in SLOT_KEYS.items()
-                             if slot in _state.slot_names(
-                                 hyperparameters.use_ema,
-                                 hyperparameters.gradient_accumulation_steps is not None)}
-        entries, steps = [], set()
-        for k, pid in enumerate(ids):
-            where = f"state_dict['state'][{pid!r}]"
-            if not isinstance(pid, int) or isinstance(pid, bool):
-                raise TypeError(f"{label}['params'] holds {pid!r}; expected int indices.")
-            if pid in used:
-                raise ValueError(f"parameter index {pid} appears in more than one place.")
-            used.add(pid)
-            if pid not in saved_state:
-                raise ValueError(f"{where} is missing.")
-            entry = saved_state[pid]
-            if not isinstance(entry, dict):
-                raise TypeError(f"{where} must be a dict.")
-            if set(entry) != wanted:
-                raise ValueError(f"{where} has keys {sorted(entry)}; with these options "
-                                 f"expected {sorted(wanted)}.")
-            steps.add(checks.step_count(entry["step"], f"{where}['step']"))
-            for key in wanted - {"step"}:
-                checks.slot_tensor(entry[key], binding.params[k], f"{where}[{key!r}]")
-            entries.append(entry)
-        if len(steps) > 1:
-            raise ValueError(f"the parameters of {label} have different steps "
-                             f"{sorted(steps)}; a group shares one step counter.")
-        loaded.append((new_group, hyperparameters, entries, steps.pop() if steps else 0))
-    unknown = [pid for pid in saved_state if pid not in used]
-    if unknown:
-        raise ValueError(f"state_dict['state'] has entries {unknown} that no group lists.")
-    return loaded

@@ -1,4 +1,5 @@
-"""Memory addresses of arrays, so one kernel call can reach many separate arrays.
+"""Memory addresses of arrays, so one kernel call can reach many separate arrays
+(the host side; ``pointers`` holds the intrinsics that read them in jitted code).
 
 A step over many variables passes the kernel a table of addresses instead of the
 arrays themselves (numba would otherwise need a typed list, whose construction
@@ -14,7 +15,8 @@ costs microseconds per array). Two kinds of table entry:
   offset is measured at import rather than assumed, and ``OBJECT_DATA_OFFSET`` is
   -1 (the caller then passes data addresses) if the measurement fails.
 
-The caller keeps every array alive for the duration of the kernel call.
+The caller keeps every array alive for the duration of the kernel call. This
+module imports only NumPy, so a state can be laid out without importing numba.
 """
 import ctypes
 
@@ -41,9 +43,10 @@ OBJECT_DATA_OFFSET = _measure_object_data_offset()
 
 def gradient_table(grads, out):
     """What the kernels dereference for each of ``grads`` (``None`` entries: 0), and
-    the offset they must pass with it: ``(table, offset)``, object addresses with
-    ``OBJECT_DATA_OFFSET`` or data addresses with -1. A short table is written into
-    ``out`` (int64, one entry per gradient); a long one is a new array."""
+    the object data offset they must pass with it: ``(table, offset)``, object
+    addresses with ``OBJECT_DATA_OFFSET`` or data addresses with -1. A short table
+    is written into ``out`` (int64, one entry per gradient); a long one is a new
+    array."""
     locate = id if OBJECT_DATA_OFFSET >= 0 else data_address
     if len(grads) <= 8:
         for k, g in enumerate(grads):

@@ -9,8 +9,9 @@ Two layers:
 
 * scalar rules (``adamax_update``, ``clip_gradient``, ...), pure functions of
   numbers;
-* per-index bodies (``update_at``, ``accumulate_at``, ``ema_at``, ``square_at``)
-  that load element ``i`` of the arrays, apply the rules and store the results.
+* per-index bodies (``update_at``, ``accumulate_at``, ``ema_at``, ``square_at``,
+  ``without_gradient_at`` and the ``sparse_*`` bodies) that load element ``i`` of
+  the arrays, apply the rules and store the results.
   A kernel is a loop over ``i`` calling one body. Optional slots (EMA averages,
   accumulators) are passed as ``None`` when not configured; numba then compiles
   the branches on them away, so each configuration gets a loop with exactly the
@@ -26,8 +27,10 @@ import math
 from types import SimpleNamespace
 
 
-def compile_for(decorator):
-    """Return a namespace of the element functions, each wrapped by ``decorator``."""
+def compile_for(decorator, float64):
+    """Return a namespace of the element functions, each wrapped by ``decorator``;
+    ``float64`` is the target's conversion to float64 (``numba.float64``: the builtin
+    ``float`` keeps a float32 a float32 in CPU code)."""
 
     @decorator
     def nan_max(a, b):
@@ -57,6 +60,11 @@ def compile_for(decorator):
         if b != b:
             return b
         return a if a <= b else b
+
+    @decorator
+    def is_finite(x):
+        """False exactly when ``x`` is NaN or +-inf (branch-free: ``inf - inf`` is NaN)."""
+        return x - x == x - x
 
     @decorator
     def clipnorm_divisor(squared_norm, c):
@@ -110,7 +118,7 @@ def compile_for(decorator):
         """
         gi = effective_gradient_at(i, g, a, loss_scale, steps)
         if a is not None:
-            a[i] = steps - steps
+            a[i] = 0
         if clip is not None:
             gi = clip_gradient(gi, clip[0], clip[1], clip[2])
         wi = w[i]
@@ -129,11 +137,13 @@ def compile_for(decorator):
     @decorator
     def accumulate_at(i, w, g, e, a, loss_scale, ema_momentum, one_minus_ema_momentum,
                       overwrite):
-        """An accumulation micro-step on element ``i``: ``a += g / loss_scale``, then EMA."""
-        gi = g[i]
-        if loss_scale is not None:
-            gi = gi / loss_scale
-        a[i] = a[i] + gi
+        """An accumulation micro-step on element ``i``: ``a += g / loss_scale``, then EMA.
+        Without an accumulator (``a`` None) only the EMA step runs."""
+        if a is not None:
+            gi = g[i]
+            if loss_scale is not None:
+                gi = gi / loss_scale
+            a[i] = a[i] + gi
         if e is not None:
             ema_at(i, w, e, ema_momentum, one_minus_ema_momentum, overwrite)
 
@@ -146,6 +156,17 @@ def compile_for(decorator):
             w[i] = ei
 
     @decorator
+    def without_gradient_at(i, w, e, a, ema_momentum, one_minus_ema_momentum, overwrite,
+                            reset_accumulator):
+        """Element ``i`` of a variable without a gradient this call: the EMA step (when
+        ``e`` is given) and, when ``reset_accumulator``, the accumulator reset."""
+        if e is not None:
+            ema_at(i, w, e, ema_momentum, one_minus_ema_momentum, overwrite)
+        if a is not None:
+            if reset_accumulator:
+                a[i] = 0
+
+    @decorator
     def effective_gradient_at(i, g, a, loss_scale, steps):
         """The gradient an update of element ``i`` sees before clipping: unscaled
         (``g / loss_scale``) and, with an accumulator, the window's mean."""
@@ -155,6 +176,13 @@ def compile_for(decorator):
         if a is not None:
             gi = (gi + a[i]) / steps
         return gi
+
+    @decorator
+    def square_at(i, g, a, loss_scale, steps):
+        """The square, in float64, of the effective gradient of element ``i`` (one term
+        of a squared norm for clipping)."""
+        x = float64(effective_gradient_at(i, g, a, loss_scale, steps))
+        return x * x
 
     # Lazy sparse updates (``IndexedSlices``): ``g`` holds deduplicated gradient rows,
     # so element ``k`` of ``g`` belongs to element ``i`` of the variable and slots. A
@@ -185,6 +213,13 @@ def compile_for(decorator):
         return gi
 
     @decorator
+    def sparse_square_at(k, i, g, a, loss_scale, steps):
+        """The square, in float64, of ``sparse_gradient_at``: one term of a sparse
+        gradient's squared norm."""
+        x = float64(sparse_gradient_at(k, i, g, a, loss_scale, steps))
+        return x * x
+
+    @decorator
     def sparse_update_at(k, i, w, g, m, u, a, loss_scale, steps, clip_scale, clip_divisor,
                          clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2, epsilon,
                          bias_correction):
@@ -197,7 +232,7 @@ def compile_for(decorator):
         gi = clip_gradient(sparse_gradient_at(k, i, g, a, loss_scale, steps), clip_scale,
                            clip_divisor, clip_value)
         if a is not None:
-            a[i] = steps - steps
+            a[i] = 0
         wi = w[i]
         if has_wd:
             wi = wi - wi * wd * lr
@@ -205,10 +240,11 @@ def compile_for(decorator):
                                          epsilon, bias_correction)
 
     return SimpleNamespace(
-        nan_max=nan_max, nan_min=nan_min, nan_clip=nan_clip, clipnorm_divisor=clipnorm_divisor,
-        global_clip_scale=global_clip_scale, clip_gradient=clip_gradient,
-        adamax_update=adamax_update, ema_update=ema_update, update_at=update_at,
-        accumulate_at=accumulate_at, ema_at=ema_at,
-        effective_gradient_at=effective_gradient_at,
-        scatter_accumulate_at=scatter_accumulate_at, sparse_gradient_at=sparse_gradient_at,
+        nan_max=nan_max, nan_min=nan_min, nan_clip=nan_clip, is_finite=is_finite,
+        clipnorm_divisor=clipnorm_divisor, global_clip_scale=global_clip_scale,
+        clip_gradient=clip_gradient, adamax_update=adamax_update, ema_update=ema_update,
+        update_at=update_at, accumulate_at=accumulate_at, ema_at=ema_at,
+        without_gradient_at=without_gradient_at, effective_gradient_at=effective_gradient_at,
+        square_at=square_at, scatter_accumulate_at=scatter_accumulate_at,
+        sparse_gradient_at=sparse_gradient_at, sparse_square_at=sparse_square_at,
         sparse_update_at=sparse_update_at)

@@ -1,8 +1,8 @@
-"""Two low-level operations the group kernels need, written as numba intrinsics.
+"""The two low-level operations the group kernels need, written as numba intrinsics.
 
 ``pointer_to(address, like)`` turns an integer address into a typed pointer to
 elements of ``like``'s dtype; ``read_address(address)`` loads the pointer-sized
-integer stored at ``address``. See ``_addresses`` for where the addresses come from.
+integer stored at ``address``. See ``addresses`` for where the addresses come from.
 """
 from llvmlite import ir
 from numba import types
@@ -11,7 +11,7 @@ from numba.extending import intrinsic
 
 def pointer_intrinsic(intrinsic, types):
     """``pointer_to`` built with a target's ``intrinsic`` decorator and ``types``
-    module (the CPU's here; ``_cuda_addresses`` builds the device one)."""
+    module (the CPU's here; ``cuda_pointers`` builds the device one)."""
 
     @intrinsic
     def pointer_to(typingctx, address, like):

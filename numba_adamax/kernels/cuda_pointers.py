@@ -2,13 +2,12 @@
 and Numba's CUDA simulator differ.
 
 The CUDA group kernels reach every variable of a dtype group through a device table
-of data addresses (as the CPU kernels do, see ``_addresses``), so device code must
+of data addresses (as the CPU kernels do, see ``addresses``), so device code must
 turn an integer address into a typed array:
 
 * on a GPU, ``array_at`` is a device function: an intrinsic emits LLVM ``inttoptr``
   to a ``CPointer`` of ``like``'s element type and ``numba.cuda``'s ``carray`` wraps
-  it. It compiles to PTX (checked without a GPU with ``numba.cuda.compile_ptx``);
-  running it has not been verified on a GPU in this project's test environment.
+  it.
 * under the simulator (``NUMBA_ENABLE_CUDASIM=1``) device arrays are NumPy arrays
   in host memory and kernels run as Python, so ``array_at`` returns a NumPy view of
   the host memory at the address.
@@ -61,7 +60,7 @@ else:
     from numba.cuda.extending import intrinsic
     from numba.cuda.np.numpy_support import carray
 
-    from ._intrinsics import pointer_intrinsic
+    from .pointers import pointer_intrinsic
 
     pointer_to = pointer_intrinsic(intrinsic, types)
 

@@ -1,41 +1,37 @@
 """CPU kernels for sparse (``IndexedSlices``) gradients: deduplication and row loops.
 
-Same conventions as ``_cpu``: contiguous arrays (``None`` for a slot that is not
+Same conventions as ``cpu``: contiguous arrays (``None`` for a slot that is not
 configured) and Python scalars cast once to the variables' dtype, a serial and a
 ``prange`` loop picked by the ``parallel`` argument, lazy compilation cached on disk.
-The per-element work is ``_math``'s ``sparse_*`` bodies. They take the gradient
+The per-element work is ``elementwise``'s ``sparse_*`` bodies. They take the gradient
 index ``k`` and the variable index ``i`` separately (a GPU thread can map
 ``k = r * row_size + j`` to ``i = rows[r] * row_size + j``); the loops here instead
 pass views of one row of each array and ``k = i = j``: with indices that are
 plainly non-negative, numba drops its negative-index checks and the row loop
 compiles like the dense one (several times faster than computed indices).
 """
-import numba
 import numpy as np
 from numba import njit, prange
 
-from ._cpu import _JIT, _element, _inline, cast_like
+from . import config
+from .cpu import cast_like, elements, inline
 
 # numba resolves callees as module globals, so name the bodies here.
-scatter_accumulate_at = _element.scatter_accumulate_at
-sparse_gradient_at = _element.sparse_gradient_at
-sparse_update_at = _element.sparse_update_at
+scatter_accumulate_at = elements.scatter_accumulate_at
+sparse_square_at = elements.sparse_square_at
+sparse_update_at = elements.sparse_update_at
 
 #: Multiplier of the Fibonacci hash (2**64 / golden ratio), for the index table.
 _HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 
-#: Elements per partial sum of ``sum_of_squares``, rounded to whole rows; fixed so
-#: results never depend on the number of threads.
-REDUCTION_CHUNK = 4096
 
-
-@_inline
+@inline
 def _row(x, row, size):
     """Row ``row`` of the flat array ``x`` with rows of ``size`` elements (a view)."""
     return x[row * size:(row + 1) * size]
 
 
-@_inline
+@inline
 def _sum_group(s, start, members, values, out):
     """``out[s] = sum of values[members[start[s]:start[s + 1]]]``, rows added in order."""
     target = out[s]
@@ -48,7 +44,7 @@ def _sum_group(s, start, members, values, out):
             target[j] = target[j] + source[j]
 
 
-@njit(**_JIT)
+@njit(**config.JIT)
 def deduplicate(parallel, indices, values):
     """Sum the rows of ``values`` (shape ``(k, row_size)``) that share an index.
 
@@ -108,102 +104,106 @@ def deduplicate(parallel, indices, values):
     return rows[:n].copy(), out
 
 
-@_inline
-def _accumulate_row(r, rows, row_size, g, a, ls):
+@inline
+def _accumulate_row(r, rows, row_size, g, a, loss_scale):
     gr, ar = _row(g, r, row_size), _row(a, rows[r], row_size)
     for j in range(row_size):
-        scatter_accumulate_at(j, j, gr, ar, ls)
+        scatter_accumulate_at(j, j, gr, ar, loss_scale)
 
 
-@njit(**_JIT)
+@njit(**config.JIT)
 def scatter_accumulate(parallel, rows, row_size, g, a, loss_scale):
     """``a[row] += g[row's values] / loss_scale`` for each (distinct) row; mutates ``a``."""
-    ls = cast_like(loss_scale, a)
+    loss_scale = cast_like(loss_scale, a)
     if parallel:
         for r in prange(rows.size):
-            _accumulate_row(r, rows, row_size, g, a, ls)
+            _accumulate_row(r, rows, row_size, g, a, loss_scale)
     else:
         for r in range(rows.size):
-            _accumulate_row(r, rows, row_size, g, a, ls)
+            _accumulate_row(r, rows, row_size, g, a, loss_scale)
 
 
 # Exactly one of ``g`` and ``a`` is given. numba compiles a branch away only when its
 # test is on a None argument, so the row helpers test each of the two and pass a
 # literal None for the other: each configuration compiles one row loop.
 
-@_inline
-def _update_row(r, rows, row_size, w, g, m, u, a, ls, st, cs, cd, cv, lr, has_wd, wd, omb1, b2,
-                eps, bc):
+@inline
+def _update_row(r, rows, row_size, w, g, m, u, a, loss_scale, steps, clip_scale, clip_divisor,
+                clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2, epsilon, bias_correction):
     row = rows[r]
     wr, mr, ur = _row(w, row, row_size), _row(m, row, row_size), _row(u, row, row_size)
     if g is not None:
         gr = _row(g, r, row_size)
         for j in range(row_size):
-            sparse_update_at(j, j, wr, gr, mr, ur, None, ls, st, cs, cd, cv, lr, has_wd, wd,
-                             omb1, b2, eps, bc)
+            sparse_update_at(j, j, wr, gr, mr, ur, None, loss_scale, steps, clip_scale,
+                             clip_divisor, clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2,
+                             epsilon, bias_correction)
     if a is not None:
         ar = _row(a, row, row_size)
         for j in range(row_size):
-            sparse_update_at(j, j, wr, None, mr, ur, ar, ls, st, cs, cd, cv, lr, has_wd, wd,
-                             omb1, b2, eps, bc)
+            sparse_update_at(j, j, wr, None, mr, ur, ar, loss_scale, steps, clip_scale,
+                             clip_divisor, clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2,
+                             epsilon, bias_correction)
 
 
-@njit(**_JIT)
+@njit(**config.JIT)
 def update_rows(parallel, rows, row_size, w, g, m, u, a, loss_scale, steps, clip_scale,
                 clip_divisor, clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2, epsilon,
                 bias_correction):
     """The lazy update of the (distinct) ``rows`` of one flat variable: mutates those
     rows of ``w``, ``m``, ``u`` (and resets them in ``a`` when given). ``g`` holds
     the deduplicated gradient rows, or is None when ``a`` holds them. See
-    ``_math.sparse_update_at``."""
-    ls, st = cast_like(loss_scale, w), cast_like(steps, w)
-    cs, cd, cv = cast_like(clip_scale, w), cast_like(clip_divisor, w), cast_like(clip_value, w)
-    lr_, wd_ = cast_like(lr, w), cast_like(wd, w)
-    omb1, b2 = cast_like(one_minus_beta_1, w), cast_like(beta_2, w)
-    eps, bc = cast_like(epsilon, w), cast_like(bias_correction, w)
+    ``elementwise.sparse_update_at``."""
+    loss_scale, steps = cast_like(loss_scale, w), cast_like(steps, w)
+    clip_scale, clip_divisor = cast_like(clip_scale, w), cast_like(clip_divisor, w)
+    clip_value, lr, wd = cast_like(clip_value, w), cast_like(lr, w), cast_like(wd, w)
+    one_minus_beta_1, beta_2 = cast_like(one_minus_beta_1, w), cast_like(beta_2, w)
+    epsilon, bias_correction = cast_like(epsilon, w), cast_like(bias_correction, w)
     if parallel:
         for r in prange(rows.size):
-            _update_row(r, rows, row_size, w, g, m, u, a, ls, st, cs, cd, cv, lr_, has_wd, wd_,
-                        omb1, b2, eps, bc)
+            _update_row(r, rows, row_size, w, g, m, u, a, loss_scale, steps, clip_scale,
+                        clip_divisor, clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2,
+                        epsilon, bias_correction)
     else:
         for r in range(rows.size):
-            _update_row(r, rows, row_size, w, g, m, u, a, ls, st, cs, cd, cv, lr_, has_wd, wd_,
-                        omb1, b2, eps, bc)
+            _update_row(r, rows, row_size, w, g, m, u, a, loss_scale, steps, clip_scale,
+                        clip_divisor, clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2,
+                        epsilon, bias_correction)
 
 
-@_inline
-def _chunk_sum_of_squares(c, per_chunk, rows, row_size, g, a, ls, st):
+@inline
+def _chunk_sum_of_squares(c, rows_per_chunk, rows, row_size, g, a, loss_scale, steps):
     total = 0.0
-    for r in range(c * per_chunk, min(rows.size, (c + 1) * per_chunk)):
+    for r in range(c * rows_per_chunk, min(rows.size, (c + 1) * rows_per_chunk)):
         if g is not None:
             gr = _row(g, r, row_size)
             for j in range(row_size):
-                x = numba.float64(sparse_gradient_at(j, j, gr, None, ls, st))
-                total += x * x
+                total += sparse_square_at(j, j, gr, None, loss_scale, steps)
         if a is not None:
             ar = _row(a, rows[r], row_size)
             for j in range(row_size):
-                x = numba.float64(sparse_gradient_at(j, j, None, ar, ls, st))
-                total += x * x
+                total += sparse_square_at(j, j, None, ar, loss_scale, steps)
     return total
 
 
-@njit(**_JIT)
-def sum_of_squares(parallel, rows, row_size, g, a, loss_scale, steps, like):
+@njit(**config.JIT)
+def sum_of_squares(parallel, rows, row_size, rows_per_chunk, g, a, loss_scale, steps, like):
     """Sum of the squared effective gradients of ``rows``, in float64; mutates nothing.
 
     ``like`` is any array of the variables' dtype (``g`` may be None). Partial sums
-    over fixed chunks of rows are added in order, so every loop gives the same bits.
+    over chunks of ``rows_per_chunk`` rows are added in order, so every loop (and
+    the CUDA kernel given the same chunking) gives the same bits.
     """
-    ls, st = cast_like(loss_scale, like), cast_like(steps, like)
-    per_chunk = max(1, REDUCTION_CHUNK // max(1, row_size))
-    partial = np.empty((rows.size + per_chunk - 1) // per_chunk)
+    loss_scale, steps = cast_like(loss_scale, like), cast_like(steps, like)
+    partial = np.empty((rows.size + rows_per_chunk - 1) // rows_per_chunk)
     if parallel:
         for c in prange(partial.size):
-            partial[c] = _chunk_sum_of_squares(c, per_chunk, rows, row_size, g, a, ls, st)
+            partial[c] = _chunk_sum_of_squares(c, rows_per_chunk, rows, row_size, g, a,
+                                               loss_scale, steps)
     else:
         for c in range(partial.size):
-            partial[c] = _chunk_sum_of_squares(c, per_chunk, rows, row_size, g, a, ls, st)
+            partial[c] = _chunk_sum_of_squares(c, rows_per_chunk, rows, row_size, g, a,
+                                               loss_scale, steps)
     total = 0.0
     for c in range(partial.size):
         total += partial[c]

@@ -1,0 +1,205 @@
+"""The CPU host driver: each backend operation as calls of the ``kernels.cpu`` and
+``kernels.cpu_sparse`` kernels (see ``backends`` for the interface).
+
+A dtype group whose total size reaches ``config.PARALLEL_THRESHOLD`` runs the
+multithreaded loops; a sparse gradient does when its values do. The kernel modules
+are imported on first use, so importing the package compiles and loads nothing.
+"""
+import math
+
+import numpy as np
+
+from ..kernels import addresses, config
+from .rows import Rows
+
+device = None
+
+data_address = addresses.data_address
+_modules = None
+
+
+def _kernels():
+    """``(kernels.cpu, kernels.cpu_sparse)``, imported on first use (they import numba)."""
+    global _modules
+    if _modules is None:
+        from ..kernels import cpu, cpu_sparse
+        _modules = (cpu, cpu_sparse)
+    return _modules
+
+
+def _dense():
+    return _kernels()[0]
+
+
+def _sparse():
+    return _kernels()[1]
+
+
+def device_arrays(params):
+    """The arrays the kernels see: the NumPy variables themselves."""
+    return tuple(params)
+
+
+def upload_table(group):
+    """Nothing to copy: the kernels read the host tables."""
+
+
+def zeros(size, dtype):
+    """A zeroed slot buffer."""
+    return np.zeros(size, dtype=dtype)
+
+
+def attach(state):
+    """Nothing to set up on the host."""
+
+
+def _parallel(group):
+    return group.total >= config.PARALLEL_THRESHOLD
+
+
+def gradient_refs(state, grads):
+    """Per group, ``(refs, object_data_offset)`` locating this call's gradients (see
+    ``kernels.addresses``). ``grads`` is one entry per state variable (None: no
+    gradient), or the int64 data addresses of a ``FlatBuffer`` laid out like the
+    variables. Mutates only the groups' small scratch tables."""
+    if isinstance(grads, np.ndarray):
+        return [(grads, -1)]
+    refs = []
+    for group in state.groups:
+        mine = grads if group.covers_all else [grads[i] for i in group.indices]
+        refs.append(addresses.gradient_table(mine, group.gradient_refs))
+    return refs
+
+
+def nonfinite_flags(state, group, refs):
+    """Per variable of ``group``, True where its gradient holds NaN or inf; one read
+    pass over the gradients (stopping early on the serial path). Mutates nothing."""
+    flags = np.zeros(len(group.indices), np.uint8)
+    _dense().nonfinite_flags(_parallel(group), group.chunks, group.table, *refs, group.m,
+                              flags)
+    return flags.view(bool)
+
+
+def values_finite(state, values):
+    """True when the host array ``values`` holds no NaN or inf."""
+    return bool(_dense().all_finite(values.reshape(-1)))
+
+
+def chunk_square_partials(state, group, refs, settings):
+    """Per chunk of ``group``, the float64 sum of squared effective gradients."""
+    return _dense().chunk_sums_of_squares(
+        _parallel(group), group.chunks, group.table, *refs, group.m, group.accumulator,
+        settings.loss_scale, settings.steps)
+
+
+def new_square_sums(state):
+    """Per group, a host float64 array for its variables' squared norms."""
+    return [np.empty(len(group.indices)) for group in state.groups]
+
+
+def fold_square_partials(state, group, partials, sums):
+    """Add ``group``'s chunk partials per variable, in chunk order, into its entry of
+    ``sums``; mutates ``sums``."""
+    _dense().fold_chunk_sums(group.chunks, partials, sums[group.position])
+
+
+def sparse_square_sum(state, i, rows, settings, sums):
+    """Store in ``sums`` the squared norm of variable ``i``'s sparse gradient ``rows``
+    (that of the equivalent dense gradient); mutates ``sums``."""
+    view = state.views[i]
+    per_row = rows.rows.size * rows.row_size
+    sums[view.group.position][view.k] = _sparse().sum_of_squares(
+        per_row >= config.PARALLEL_THRESHOLD, rows.rows, rows.row_size,
+        _rows_per_chunk(rows.row_size), rows.values, view.accumulator,
+        settings.loss_scale or 1.0, settings.steps, view.w)
+
+
+def _rows_per_chunk(row_size):
+    return max(1, config.REDUCTION_CHUNK // max(1, row_size))
+
+
+def clip_tables(state, sums, settings):
+    """Per group, the float64 ``(clip_scale, clip_divisor)`` rows of its variables,
+    finished in the group's dtype; the global norm adds ``sums`` in group order."""
+    total = 0.0
+    for group_sums in sums:
+        for value in group_sums:
+            total += value
+    by_global = not settings.clipnorm
+    return [_dense().clip_table(group_sums, total, settings.clip_norm, by_global, group.m)
+            for group, group_sums in zip(state.groups, sums)]
+
+
+def update(state, group, refs, settings, clip_table):
+    """The fused update pass over ``group``: mutates its variables and slots."""
+    bias_correction = settings.bias_correction[group.slot_dtype]
+    _dense().update(
+        _parallel(group), group.chunks, group.table, *refs, settings.clip, clip_table,
+        group.m, group.u, group.ema, group.accumulator, settings.loss_scale, settings.steps,
+        settings.learning_rate, settings.weight_decay, settings.one_minus_beta_1,
+        settings.beta_2, settings.epsilon, bias_correction, settings.ema_momentum,
+        settings.overwrite)
+
+
+def accumulate(state, group, refs, settings):
+    """An accumulation micro-step over ``group``: mutates its accumulator (and, with
+    an EMA, the EMA and the variables on an overwrite)."""
+    _dense().accumulate(_parallel(group), group.chunks, group.table, *refs, group.m,
+                         group.ema, group.accumulator, settings.loss_scale,
+                         settings.ema_momentum, settings.overwrite)
+
+
+def ema_only(state, group, settings):
+    """The EMA step alone over every variable of ``group`` (no gradient is read)."""
+    no_gradients = np.zeros(len(group.indices), np.int64)
+    _dense().accumulate(_parallel(group), group.chunks, group.table, no_gradients, -1,
+                         group.m, group.ema, None, None, settings.ema_momentum,
+                         settings.overwrite)
+
+
+def deduplicate(state, i, slices):
+    """``Rows`` of a validated ``IndexedSlices`` of variable ``i``: its distinct indices
+    in order of first appearance and the value rows summed per index (in order).
+    Mutates nothing."""
+    indices = np.ascontiguousarray(slices.indices, dtype=np.int64)
+    values = slices.values
+    values = values.reshape(indices.size, math.prod(values.shape[1:]))
+    rows, summed = _sparse().deduplicate(values.size >= config.PARALLEL_THRESHOLD, indices,
+                                         values)
+    return Rows(rows, summed.reshape(-1), summed.shape[1])
+
+
+def rows(state, i, rows, row_size):
+    """``Rows`` for the host ``rows`` of variable ``i``, their values in the accumulator."""
+    return Rows(rows, None, row_size)
+
+
+def scatter_accumulate(state, i, rows, settings):
+    """Add ``rows``' values, divided by the loss scale, into variable ``i``'s
+    accumulator; mutates it."""
+    accumulator = state.views[i].accumulator
+    _sparse().scatter_accumulate(rows.values.size >= config.PARALLEL_THRESHOLD, rows.rows,
+                                 rows.row_size, rows.values, accumulator,
+                                 settings.loss_scale or 1.0)
+
+
+def update_rows(state, i, rows, settings, clip_tables):
+    """The lazy update of ``rows`` of variable ``i``: mutates those rows of the
+    variable, ``m`` and ``u`` (and clears them in the accumulator)."""
+    view = state.views[i]
+    if clip_tables is None:
+        clip_scale, clip_divisor, clip_value = settings.row_clip
+    else:
+        (clip_scale, clip_divisor), clip_value = clip_tables[view.group.position][view.k], math.inf
+    _sparse().update_rows(
+        rows.rows.size * rows.row_size >= config.PARALLEL_THRESHOLD, rows.rows,
+        rows.row_size, view.w, rows.values, view.m, view.u, view.accumulator,
+        settings.loss_scale or 1.0, settings.steps, clip_scale, clip_divisor, clip_value,
+        settings.learning_rate, settings.decays(state, i), settings.weight_decay or 0.0,
+        settings.one_minus_beta_1, settings.beta_2, settings.epsilon,
+        settings.bias_correction[view.group.slot_dtype])
+
+
+def assign(destination, source, stream=None):
+    """Copy the slot ``source`` into the host variable ``destination``."""
+    np.copyto(destination, source)

@@ -1,0 +1,17 @@
+"""``Rows``: what the drivers' sparse operations exchange with ``_sparse``."""
+
+
+class Rows:
+    """The rows one sparse gradient updates in a call.
+
+    ``rows``: distinct row numbers (int64, on the host). ``values``: the flat summed
+    gradient rows aligned with ``rows`` (the driver's memory), or None when the
+    accumulator holds the gradient. ``row_size``: elements per row.
+    ``device_rows``: for a device variable, ``rows`` copied to the device (else None).
+    """
+
+    __slots__ = ("rows", "values", "row_size", "device_rows")
+
+    def __init__(self, rows, values, row_size, device_rows=None):
+        self.rows, self.values, self.row_size = rows, values, row_size
+        self.device_rows = device_rows
