@@ -17,6 +17,8 @@ builders below resolve:
   sets ``clock.step`` to the 0-based index of the call in progress (a :class:`Clock`), so the
   library and the reference read the same value however often they call it.
 
+Derived tables: :data:`NORM_CLIPPING_CONFIGS`.
+
 Builders: :func:`build_optimizer` (the ``Adamax`` class; asserts the ``DeprecationWarning`` of
 ``decay``), :func:`init_state` (functional ``init``), :func:`build_reference`
 (``ReferenceAdamax``).
@@ -35,6 +37,7 @@ from reference import ReferenceAdamax
 __all__ = [
     "CONFIGS",
     "CONFIG_NAMES",
+    "NORM_CLIPPING_CONFIGS",
     "Clock",
     "ClockLR",
     "Config",
@@ -270,6 +273,12 @@ CONFIGS = {
 }
 
 CONFIG_NAMES = list(CONFIGS)
+
+#: The configurations that clip by a norm (``clipnorm`` or ``global_clipnorm``): their sums of
+#: squares depend on the summation order.
+NORM_CLIPPING_CONFIGS = frozenset(
+    name for name, c in CONFIGS.items()
+    if c.kwargs.get("clipnorm") or c.kwargs.get("global_clipnorm"))
 
 
 # --------------------------------------------------------------------------- builders

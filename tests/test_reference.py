@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conformance import DATA_DIR, load_keras_configs, load_keras_json, optimizer_kwargs
+from conftest import recorded_tolerance
 from reference import ReferenceAdamax
 
 CONFIGS = load_keras_configs()
@@ -139,14 +140,10 @@ def replay(name, dtype_name):
 
 
 def assert_matches(name, key, actual, expected):
-    cfg = CONFIGS[name]
-    if cfg.is_float64:
-        tol = dict(rtol=1e-10, atol=0)
-    else:
-        tol = dict(rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(
         np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64),
-        equal_nan=(name == "epsilon_zero"), err_msg=f"{name}: {key}", **tol,
+        equal_nan=(name == "epsilon_zero"), err_msg=f"{name}: {key}",
+        **recorded_tolerance(CONFIGS[name].dtype),
     )
 
 
