@@ -4,8 +4,8 @@ For every entry of ``configs.CONFIGS`` the library runs several calls (enough to
 accumulation window and EMA-overwrite period) on odd shapes, a zero-size variable and a ~1000
 element one, with None gradients on some calls, and is compared with ``ReferenceAdamax`` after
 every call on the parameters, every slot (m, u, EMA averages, accumulators), both counters and
-the learning rate. Schedules reach the reference as the spec's formulas (configs.FormulaSchedule),
-so the library's schedule classes are checked as well.
+the learning rate. Schedules reach the reference as the spec's formulas
+(schedule_formulas.FormulaSchedule), so the library's schedule classes are checked as well.
 
 Parity tests (bit for bit): serial vs parallel loops, the class vs the functional API, list vs
 dict vs ``apply_gradients``, and a mixed float32/float64 optimizer vs one optimizer per dtype.
