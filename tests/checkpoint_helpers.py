@@ -1,5 +1,5 @@
 """Shared pieces of the checkpoint tests: a deterministic problem per configuration, runs of
-the class and the functional API over a range of calls, and bit-exact snapshots of the state.
+the class and the functional API over a range of calls.
 
 Run as a script (``python tests/checkpoint_helpers.py DIR``) it is the second half of the
 exact-resume test: for every case written by ``save_first_halves(DIR)`` it rebuilds the
@@ -15,9 +15,8 @@ import numpy as np
 
 import numba_adamax as na
 from configs import CONFIGS, Clock, Config, build_optimizer, init_state
+from conftest import NAMES, SHAPES, snapshot_state
 
-NAMES = ("w_a", "bias_b", "w_c", "empty", "big")
-SHAPES = ((7,), (3, 5), (4, 2, 3), (0,), (37, 27))
 DTYPES = (np.float32, np.float64, np.float32, np.float64, np.float32)
 CALLS = 10   # calls in a whole run
 HALF = 5     # calls before the checkpoint: mid-window for gas=2 and gas=3
@@ -84,6 +83,10 @@ class Run:
                     na.step(self.params, self.rows[c], self.state)
         return self
 
+    def snapshot(self):
+        """``conftest.snapshot_state`` of this run: variables, every slot, the counters."""
+        return snapshot_state(self.optimizer_state, self.params)
+
     def save(self, path):
         if self.opt is not None:
             self.opt.save_state(path)
@@ -95,34 +98,6 @@ class Run:
             self.opt.load_state(path)
         else:
             na.load_state(self.state, path)
-
-
-def snapshot(params, state):
-    """Copies of everything a resume must reproduce: the variables, every slot buffer and
-    the counters, by a descriptive key."""
-    out = {f"param[{i}]": p.copy() for i, p in enumerate(params)}
-    for gi, group in enumerate(state.groups):
-        for slot in ("m", "u", "ema", "accumulator"):
-            buf = getattr(group, slot)
-            if buf is not None:
-                out[f"group[{gi}].{slot}"] = buf.copy()
-    for j, a in enumerate(state.state_arrays()):
-        out[f"slot[{j}]"] = a.copy()
-    out["raw_steps"] = np.array(state.raw_steps)
-    out["iterations"] = np.array(state.iterations)
-    out["skipped_steps"] = np.array(state.skipped_steps)
-    return out
-
-
-def bit_identical(a, b):
-    """Same dtype, shape and bytes (NaN payloads included)."""
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-
-
-def assert_same_snapshot(label, got, want):
-    assert got.keys() == want.keys(), (label, sorted(got), sorted(want))
-    for key in want:
-        assert bit_identical(got[key], want[key]), f"{label}: {key} differs"
 
 
 def case_files(directory, name, api):
@@ -153,7 +128,7 @@ def resume_second_halves(directory):
             run = Run(name, api, params=params)
             run.load(checkpoint)
             run.run(HALF, CALLS)
-            for key, value in snapshot(run.params, run.optimizer_state).items():
+            for key, value in run.snapshot().items():
                 results[f"{name}|{api}|{key}"] = value
     np.savez(os.path.join(directory, "resumed.npz"), **results)
     print(json.dumps({"cases": len(RESUME_CONFIGS) * len(APIS)}))

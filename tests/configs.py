@@ -11,18 +11,19 @@ builders below resolve:
 
 * :class:`Sched` names one of the six schedule classes with its constructor arguments. The
   library gets ``numba_adamax.schedules.<name>(**config)``; the reference gets
-  :class:`FormulaSchedule`, an independent transcription of the spec's formulas (§6), so the
-  schedules themselves are checked too.
+  :class:`FormulaSchedule` (tests/schedule_formulas.py), an independent transcription of the
+  spec's formulas (§6), so the schedules themselves are checked too.
 * :class:`ClockLR` is a zero-argument callable learning rate ``formula(clock.step)``; the test
   sets ``clock.step`` to the 0-based index of the call in progress (a :class:`Clock`), so the
   library and the reference read the same value however often they call it.
+
+Derived tables: :data:`NORM_CLIPPING_CONFIGS`.
 
 Builders: :func:`build_optimizer` (the ``Adamax`` class; asserts the ``DeprecationWarning`` of
 ``decay``), :func:`init_state` (functional ``init``), :func:`build_reference`
 (``ReferenceAdamax``).
 """
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -31,10 +32,12 @@ import pytest
 
 import numba_adamax as na
 from reference import ReferenceAdamax
+from schedule_formulas import FormulaSchedule
 
 __all__ = [
     "CONFIGS",
     "CONFIG_NAMES",
+    "NORM_CLIPPING_CONFIGS",
     "Clock",
     "ClockLR",
     "Config",
@@ -82,83 +85,6 @@ class Config:
     @property
     def has_decay(self):
         return self.kwargs.get("decay") is not None
-
-
-# --------------------------------------------------------------------------- spec formulas (§6)
-
-
-class FormulaSchedule:
-    """The spec's formula for a Keras schedule, in float64; the reference's oracle.
-
-    It has ``get_config`` so ``ReferenceAdamax`` treats it as a schedule (called with the raw
-    counter). Written from adamax_semantics.md §6, not from numba_adamax.schedules.
-    """
-
-    def __init__(self, name, config):
-        self.name = name
-        self.config = dict(config)
-
-    def get_config(self):
-        return dict(self.config)
-
-    def __call__(self, step):
-        c = self.config
-        s = float(step)
-        if self.name == "ExponentialDecay":
-            p = s / c["decay_steps"]
-            if c.get("staircase", False):
-                p = math.floor(p)
-            return c["initial_learning_rate"] * c["decay_rate"] ** p
-        if self.name == "PiecewiseConstantDecay":
-            for boundary, value in zip(c["boundaries"], c["values"]):
-                if s <= boundary:  # inclusive on the right
-                    return float(value)
-            return float(c["values"][-1])
-        if self.name == "PolynomialDecay":
-            init, end = c["initial_learning_rate"], c.get("end_learning_rate", 0.0001)
-            power = c.get("power", 1.0)
-            horizon = float(c["decay_steps"])
-            if c.get("cycle", False):
-                horizon *= 1.0 if s == 0 else math.ceil(s / horizon)
-            else:
-                s = min(s, horizon)
-            return (init - end) * (1.0 - s / horizon) ** power + end
-        if self.name == "InverseTimeDecay":
-            p = s / c["decay_steps"]
-            if c.get("staircase", False):
-                p = math.floor(p)
-            return c["initial_learning_rate"] / (1.0 + c["decay_rate"] * p)
-        if self.name == "CosineDecay":
-            init, decay_steps = c["initial_learning_rate"], c["decay_steps"]
-            alpha = c.get("alpha", 0.0)
-            target, warmup = c.get("warmup_target"), c.get("warmup_steps", 0)
-
-            def cosdecay(x, top):
-                return top * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * x / decay_steps)) + alpha)
-
-            if target is None:
-                return cosdecay(min(s, decay_steps), init)
-            s = min(s, decay_steps + warmup)
-            if s < warmup:
-                return (target - init) * s / warmup + init
-            return cosdecay(s - warmup, target)
-        if self.name == "CosineDecayRestarts":
-            init, first = c["initial_learning_rate"], c["first_decay_steps"]
-            t_mul, m_mul = c.get("t_mul", 2.0), c.get("m_mul", 1.0)
-            alpha = c.get("alpha", 0.0)
-            f = s / first
-            if t_mul == 1.0:
-                i = math.floor(f)
-                f -= i
-            else:
-                i = math.floor(math.log(1 - f * (1 - t_mul)) / math.log(t_mul))
-                f = (f - (1 - t_mul**i) / (1 - t_mul)) / t_mul**i
-            # alpha is NOT multiplied by m_mul**i (§6.6)
-            return init * ((1 - alpha) * 0.5 * m_mul**i * (1 + math.cos(math.pi * f)) + alpha)
-        raise ValueError(f"unknown schedule {self.name!r}")
-
-    def __repr__(self):
-        return f"FormulaSchedule({self.name!r}, {self.config!r})"
 
 
 # --------------------------------------------------------------------------- the table
@@ -270,6 +196,12 @@ CONFIGS = {
 }
 
 CONFIG_NAMES = list(CONFIGS)
+
+#: The configurations that clip by a norm (``clipnorm`` or ``global_clipnorm``): their sums of
+#: squares depend on the summation order.
+NORM_CLIPPING_CONFIGS = frozenset(
+    name for name, c in CONFIGS.items()
+    if c.kwargs.get("clipnorm") or c.kwargs.get("global_clipnorm"))
 
 
 # --------------------------------------------------------------------------- builders

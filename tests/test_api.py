@@ -7,20 +7,16 @@ decay exclusions), §2.4 (EMA, finalize), §2.5 (learning rate), §2.6 (scale_lo
 Trajectories are compared bit for bit between two runs of this library, never with a tolerance.
 """
 import json
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import numba_adamax as na
 from conformance import load_keras_json
+from conftest import bit_identical as same
+from conftest import make_grads, make_variables, run_python, slow
 from numba_adamax import Adamax, schedules
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 KERAS_CONFIG_KEYS = ["name", "learning_rate", "weight_decay", "clipnorm", "global_clipnorm",
                      "clipvalue", "use_ema", "ema_momentum", "ema_overwrite_frequency",
@@ -29,23 +25,6 @@ KERAS_CONFIG_KEYS = ["name", "learning_rate", "weight_decay", "clipnorm", "globa
 
 
 # --------------------------------------------------------------------------------- helpers
-
-def make_variables():
-    a = np.linspace(-1.0, 1.0, 6).reshape(2, 3)                      # float64, 2-D
-    b = np.array([0.5, -1.5, 2.0, -0.25], dtype=np.float32)          # float32, 1-D
-    return [a, b]
-
-
-def make_grads(k=0):
-    """Deterministic, step-dependent gradients for ``make_variables``."""
-    rng = np.random.default_rng(1000 + k)
-    return [rng.standard_normal((2, 3)), rng.standard_normal(4).astype(np.float32)]
-
-
-def same(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-
 
 def assert_same_list(xs, ys):
     assert len(xs) == len(ys)
@@ -815,6 +794,7 @@ def test_class_state_is_the_functional_state():
 
 # ================================================================= import cost and warmup
 
+@slow
 def test_import_compiles_nothing_and_warmup_compiles():
     code = (
         "import numba_adamax\n"
@@ -828,10 +808,7 @@ def test_import_compiles_nothing_and_warmup_compiles():
         "assert n == sum(len(d.signatures) for d in _cpu.DISPATCHERS)\n"
         "print('ok', n)\n"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")
 
@@ -896,6 +873,7 @@ def test_repr_mentions_name_and_state():
     assert "my_opt" in text and "built=False" in text
 
 
+@slow
 def test_integrations_import_torch_lazily():
     code = (
         "import sys\n"
@@ -906,15 +884,12 @@ def test_integrations_import_torch_lazily():
         "except ImportError as exc:\n"
         "    print('ImportError:', exc)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    out = run_python(code, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "ImportError: numba_adamax.integrations.torch needs PyTorch" in out.stdout
     assert "pip install" in out.stdout
-    probe = subprocess.run(
-        [sys.executable, "-c", "import sys, numba_adamax, numba_adamax.integrations; "
+    result = run_python(["-c", "import sys, numba_adamax, numba_adamax.integrations; "
                                "print(sorted(m for m in ('torch', 'numba_adamax.kernels.cpu', 'numba') "
-                               "if m in sys.modules))"],
-        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
-    assert probe.returncode == 0, probe.stderr
-    assert probe.stdout.strip() == "[]"
+                               "if m in sys.modules))"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -15,42 +15,32 @@ import copy
 import hashlib
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 import warnings
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import numba_adamax as na
 from numba_adamax import _checkpoint
-from checkpoint_helpers import (APIS, CALLS, HALF, NAMES, RESUME_CONFIGS, Run,
-                                assert_same_snapshot, bit_identical, save_first_halves,
-                                snapshot)
+from checkpoint_helpers import APIS, CALLS, HALF, RESUME_CONFIGS, Run, save_first_halves
+from conftest import NAMES, REPO_ROOT, assert_unchanged, bit_identical, run_python, slow
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_NAMES = list(RESUME_CONFIGS)
 
 
 def _uninterrupted(name, api):
-    run = Run(name, api).run(0, CALLS)
-    return snapshot(run.params, run.optimizer_state)
+    return Run(name, api).run(0, CALLS).snapshot()
 
 
 # ============================================================================ exact resume
 
+@slow
 def test_exact_resume_in_a_new_process(tmp_path):
     """One child process resumes every (configuration, API) case from its file."""
     save_first_halves(str(tmp_path))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests"),
-                                         env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "checkpoint_helpers.py"),
-                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    proc = run_python([REPO_ROOT / "tests" / "checkpoint_helpers.py", tmp_path], timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
         "cases": len(CONFIG_NAMES) * len(APIS)}
@@ -62,7 +52,7 @@ def test_exact_resume_in_a_new_process(tmp_path):
             want = _uninterrupted(name, api)
             prefix = f"{name}|{api}|"
             got = {k[len(prefix):]: v for k, v in results.items() if k.startswith(prefix)}
-            assert_same_snapshot(f"{name} ({api})", got, want)
+            assert_unchanged(want, got, f"{name} ({api})")
             checked += 1
     assert checked == len(CONFIG_NAMES) * 2
     # the skip cases really skipped calls, before and after the checkpoint
@@ -80,8 +70,7 @@ def test_state_dict_round_trip_in_process(name, api):
     second = Run(name, api, params=first.params)
     (second.opt if api == "class" else second.state).load_state_dict(d)
     second.run(HALF, CALLS)
-    assert_same_snapshot(name, snapshot(second.params, second.optimizer_state),
-                         _uninterrupted(name, api))
+    assert_unchanged(_uninterrupted(name, api), second.snapshot(), name)
 
 
 def test_state_dict_is_a_snapshot():
@@ -108,7 +97,7 @@ def test_load_state_dict_into_an_unbuilt_optimizer_applies_at_build(name):
     fresh.build(second.params, names=list(NAMES))
     second.opt = fresh
     second.run(HALF, CALLS)
-    assert_same_snapshot(name, snapshot(second.params, fresh.state), _uninterrupted(name, "class"))
+    assert_unchanged(_uninterrupted(name, "class"), second.snapshot(), name)
 
 
 def test_pending_load_applies_on_the_first_apply_and_is_checked_again():
@@ -152,8 +141,7 @@ def test_keras_store_round_trip():
         else:
             second.opt.load_own_variables(store)
         second.run(HALF, CALLS)
-        assert_same_snapshot("keras store", snapshot(second.params, second.opt.state),
-                             _uninterrupted("kitchen_sink", "class"))
+        assert_unchanged(_uninterrupted("kitchen_sink", "class"), second.snapshot(), "keras store")
 
 
 def test_keras_store_of_an_unbuilt_optimizer_is_the_counter():
@@ -219,23 +207,19 @@ BAD_DICTS = [
 ]
 
 
-def _everything(run):
-    return snapshot(run.params, run.optimizer_state)
-
-
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("case", BAD_DICTS, ids=[c[0] for c in BAD_DICTS])
 def test_bad_state_dict_is_refused_and_changes_nothing(case, api):
     _, path, value, exc, match = case
     run, d = _built_env(api)
     bad = _mutate(d, path, value)
-    before = _everything(run)
+    before = run.snapshot()
     target = run.opt if api == "class" else run.state
     with pytest.raises(exc, match=match):
         target.load_state_dict(bad)
-    assert_same_snapshot("after a refused load", _everything(run), before)
+    assert_unchanged(before, run.snapshot(), "after a refused load")
     run.run(HALF, CALLS)  # and the trajectory goes on as if nothing happened
-    assert_same_snapshot("trajectory", _everything(run), _uninterrupted("kitchen_sink", api))
+    assert_unchanged(_uninterrupted("kitchen_sink", api), run.snapshot(), "trajectory")
 
 
 @pytest.mark.parametrize("case", BAD_DICTS, ids=[c[0] for c in BAD_DICTS])
@@ -266,10 +250,10 @@ def test_bad_state_dict_on_an_unbuilt_optimizer_is_refused_now_or_at_build(case)
 def test_state_of_another_slot_layout_is_refused(source, target, match, api):
     d = Run(source, api).run(0, HALF).optimizer_state.state_dict()
     run = Run(target, api).run(0, 2)
-    before = _everything(run)
+    before = run.snapshot()
     with pytest.raises(ValueError, match=match):
         (run.opt if api == "class" else run.state).load_state_dict(d)
-    assert_same_snapshot("after a refused load", _everything(run), before)
+    assert_unchanged(before, run.snapshot(), "after a refused load")
     if api == "class":  # an unbuilt optimizer refuses it at once
         opt = na.Adamax.from_config(run.opt.get_config())
         with pytest.raises(ValueError, match=match):
@@ -328,10 +312,10 @@ def test_bad_keras_store_is_refused_and_changes_nothing(case):
     run, _ = _built_env("class")
     store = {}
     run.opt.save_own_variables(store)
-    before = _everything(run)
+    before = run.snapshot()
     with pytest.raises(exc, match=match):
         run.opt.load_own_variables(change(store))
-    assert_same_snapshot("after a refused store", _everything(run), before)
+    assert_unchanged(before, run.snapshot(), "after a refused store")
 
 
 def test_empty_keras_store_is_refused_on_an_unbuilt_optimizer():
@@ -352,10 +336,10 @@ def saved(tmp_path):
 
 
 def _refused(run, path, exc=na.CheckpointError, match=None):
-    before = _everything(run)
+    before = run.snapshot()
     with pytest.raises(exc, match=match):
         run.opt.load_state(path)
-    assert_same_snapshot("after a refused file", _everything(run), before)
+    assert_unchanged(before, run.snapshot(), "after a refused file")
 
 
 def test_file_is_a_plain_npz_loadable_without_pickle(saved):
@@ -375,8 +359,8 @@ def test_functional_save_and_load(tmp_path):
     second = Run("kitchen_sink", "functional", params=first.params)
     na.load_state(second.state, str(tmp_path / "state.npz"))
     second.run(HALF, CALLS)
-    assert_same_snapshot("functional file", _everything(second),
-                         _uninterrupted("kitchen_sink", "functional"))
+    assert_unchanged(_uninterrupted("kitchen_sink", "functional"), second.snapshot(),
+                     "functional file")
 
 
 def test_save_overwrites_atomically(saved):

@@ -20,27 +20,22 @@ import pytest
 import numba_adamax as na
 from configs import call_expecting_missing_warning
 from conformance import load_keras_configs, optimizer_kwargs
+from conftest import recorded_tolerance, snapshot_state
 
 KERAS = load_keras_configs()
 NAMES = list(KERAS)
 SLOT_PREFIXES = ("value", "m", "u", "ema", "accum")
+#: npz prefix -> the key of ``conftest.snapshot_state`` it records.
+SNAPSHOT_KEYS = {"value": "param", "m": "m", "u": "u", "ema": "ema", "accum": "accumulator"}
 
 
-def _tolerance(cfg):
-    if cfg.is_float64:
-        return dict(rtol=1e-10, atol=0.0)
-    return dict(rtol=1e-4, atol=1e-6)
-
-
-def _snapshot(out, variables, m, u, ema, accum):
-    for j, v in enumerate(variables):
-        out[f"value{j}"].append(v.copy())
-        out[f"m{j}"].append(np.array(m[j], copy=True) if m else np.zeros_like(v))
-        out[f"u{j}"].append(np.array(u[j], copy=True) if u else np.zeros_like(v))
-        if ema is not None:
-            out[f"ema{j}"].append(np.array(ema[j], copy=True) if ema else np.zeros_like(v))
-        if accum is not None:
-            out[f"accum{j}"].append(np.array(accum[j], copy=True) if accum else np.zeros_like(v))
+def _record_arrays(out, state, variables):
+    """Append the variables and the slots that ``out`` records (npz layout) after a call."""
+    snap = snapshot_state(state, variables)
+    for j in range(len(variables)):
+        for prefix, key in SNAPSHOT_KEYS.items():
+            if f"{prefix}{j}" in out:
+                out[f"{prefix}{j}"].append(snap[f"{key}[{j}]"])
 
 
 def _empty_record(cfg):
@@ -72,16 +67,12 @@ def replay_class(name):
         opt.exclude_from_weight_decay(var_list=[variables[i] for i in var_indices],
                                       var_names=var_names)
     opt.build(variables, names=cfg.var_names)
-    use_ema, use_acc = cfg.has("ema0"), cfg.has("accum0")
-
     out = _empty_record(cfg)
 
     def record():
-        st = opt.state
         out["iterations"].append(opt.iterations)
-        out["raw_iterations"].append(st.raw_steps)
-        _snapshot(out, variables, st.m, st.u, st.ema if use_ema else None,
-                  st.accumulators if use_acc else None)
+        out["raw_iterations"].append(opt.state.raw_steps)
+        _record_arrays(out, opt.state, variables)
 
     record()
     for s in range(cfg.steps):
@@ -115,14 +106,12 @@ def replay_functional(name):
     state = na.init(params, names=cfg.var_names, exclude_from_weight_decay=exclude or None,
                     **kwargs)
     hp = state.hyperparameters
-    use_ema, use_acc = cfg.has("ema0"), cfg.has("accum0")
     out = _empty_record(cfg)
 
     def record():
         out["iterations"].append(state.iterations)
         out["raw_iterations"].append(state.raw_steps)
-        _snapshot(out, params, state.m, state.u, state.ema if use_ema else None,
-                  state.accumulators if use_acc else None)
+        _record_arrays(out, state, params)
 
     record()
     for s in range(cfg.steps):
@@ -157,7 +146,7 @@ def replay(request):
 def test_every_recorded_array_matches(name, replay):
     cfg = KERAS[name]
     got = replay(name)
-    tol = _tolerance(cfg)
+    tol = recorded_tolerance(cfg.dtype)
     checked = set()
     for key, expected in cfg.arrays.items():
         if not key.startswith(SLOT_PREFIXES + ("final",)):

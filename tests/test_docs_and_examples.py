@@ -1,16 +1,14 @@
 """The README's Python snippets and the examples run, and do what they claim."""
 import importlib.util
 import json
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO_ROOT as ROOT
+from conftest import run_python, slow
 
 
 def _readme_python_blocks():
@@ -41,25 +39,27 @@ def _needs_gpu(block):
 
 
 def _gpu_environment():
-    """The environment a GPU snippet runs in: as is on a machine with a CUDA GPU, else
-    under Numba's CUDA simulator."""
-    probe = subprocess.run([sys.executable, "-c", "from numba import cuda; "
-                            "print(cuda.is_available())"], capture_output=True, text=True,
-                           timeout=120, cwd=ROOT)
+    """The environment variables a GPU snippet runs with: none on a machine with a CUDA GPU,
+    else Numba's CUDA simulator."""
+    probe = run_python("from numba import cuda; print(cuda.is_available())", timeout=120)
     has_gpu = probe.stdout.strip() == "True"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return env if has_gpu else {**env, "NUMBA_ENABLE_CUDASIM": "1"}
+    return {} if has_gpu else {"NUMBA_ENABLE_CUDASIM": "1"}
 
 
-@pytest.mark.parametrize("index", range(len(_readme_python_blocks())))
+def _readme_block_params():
+    """The snippet indices; the GPU snippets (run in a fresh process) are marked slow."""
+    return [pytest.param(i, marks=slow) if _needs_gpu(block) else i
+            for i, block in enumerate(_readme_python_blocks())]
+
+
+@pytest.mark.parametrize("index", _readme_block_params())
 def test_readme_snippet_runs(index, capsys):
     block = _readme_python_blocks()[index]
     if _needs_torch(block):
         pytest.importorskip("torch", reason="this README snippet needs PyTorch")
     if _needs_gpu(block):  # a fresh process: the simulator is chosen when numba starts
         pytest.importorskip("numba.cuda", reason="this README snippet needs numba-cuda")
-        proc = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
-                              timeout=300, cwd=ROOT, env=_gpu_environment())
+        proc = run_python(block, env=_gpu_environment())
         assert proc.returncode == 0, proc.stderr
         lines = proc.stdout.split()
         assert lines[0] == "50" and float(lines[1]) < 0.05
@@ -115,10 +115,9 @@ def test_quickstart_learns():
     assert result["final_loss"] < 0.5 * result["first_loss"]
 
 
+@slow
 def test_quickstart_script_exit_code():
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"),
-                           "--epochs", "10"], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
+    proc = run_python([ROOT / "examples" / "quickstart.py", "--epochs", "10"])
     assert proc.returncode == 0, proc.stderr
     assert "loss" in proc.stdout
 
@@ -131,10 +130,10 @@ def test_embeddings_sparse_learns():
     assert result["sparse_step_s"] > 0 and result["dense_step_s"] > 0
 
 
+@slow
 def test_embeddings_sparse_script_exit_code():
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "embeddings_sparse.py"),
-                           "--steps", "20", "--items", "2000"], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    proc = run_python([ROOT / "examples" / "embeddings_sparse.py", "--steps", "20",
+                       "--items", "2000"])
     assert proc.returncode == 0, proc.stderr
     assert "held-out pair accuracy after 20 steps" in proc.stdout
 
@@ -186,11 +185,11 @@ def test_torch_mlp_tracks_torch_adamax(tmp_path, capsys):
 
 @pytest.mark.parametrize("name, args", [("custom_loop_functional", ["--steps", "100"]),
                                         ("torch_mlp", ["--steps", "40"])])
+@slow
 def test_example_scripts_exit_code(name, args):
     if name == "torch_mlp":
         pytest.importorskip("torch", reason="the example needs PyTorch")
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / f"{name}.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_python([ROOT / "examples" / f"{name}.py", *args])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "loss" in proc.stdout
 
@@ -202,21 +201,20 @@ def _run_gpu_example(env, **kwargs):
             "module = importlib.util.module_from_spec(spec)\n"
             "spec.loader.exec_module(module)\n"
             f"print(json.dumps(module.main(**{kwargs!r})))\n")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, **env})
+    return run_python(code, env=env)
 
 
+@slow
 def test_gpu_example_without_a_gpu_exits_cleanly():
     proc = _run_gpu_example({"NUMBA_DISABLE_CUDA": "1"}, steps=5, n=64, d=4)
     assert proc.returncode == 0, proc.stderr
     assert "Skipping the GPU example" in proc.stdout
     assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"]
-    script = subprocess.run([sys.executable, str(ROOT / "examples" / "gpu_cupy.py")],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT,
-                            env={**os.environ, "NUMBA_DISABLE_CUDA": "1"})
+    script = run_python([ROOT / "examples" / "gpu_cupy.py"], env={"NUMBA_DISABLE_CUDA": "1"})
     assert script.returncode == 0 and "Skipping" in script.stdout
 
 
+@slow
 @pytest.mark.cuda
 def test_gpu_example_learns_under_the_cuda_simulator():
     pytest.importorskip("numba.cuda", reason="the CUDA simulator needs numba.cuda")
@@ -227,9 +225,8 @@ def test_gpu_example_learns_under_the_cuda_simulator():
     assert result["final_loss"] < 0.1 * result["first_loss"]
 
 
+@slow
 def test_gpu_benchmark_without_a_gpu_exits_cleanly():
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "benchmark_gpu.py")],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "NUMBA_DISABLE_CUDA": "1"})
+    proc = run_python([ROOT / "examples" / "benchmark_gpu.py"], env={"NUMBA_DISABLE_CUDA": "1"})
     assert proc.returncode == 0, proc.stderr
     assert "Skipping the GPU benchmark" in proc.stdout

@@ -26,6 +26,8 @@ import pytest
 
 import numba_adamax as na
 from conformance import load_keras_json
+from conftest import (assert_unchanged, bit_identical, make_ramp_grads, make_variables,
+                      snapshot_state)
 from numba_adamax import schedules
 
 NAN, INF = math.nan, math.inf
@@ -313,18 +315,6 @@ def test_keras_recorded_acceptances_we_refuse(entry):
 # Fixtures: optimizers in known states, and bit-exact snapshots
 # =================================================================================================
 
-def make_variables():
-    a = np.linspace(-1.0, 1.0, 6).reshape(2, 3)                      # float64, 2-D
-    b = np.array([0.5, -1.5, 2.0, -0.25], dtype=np.float32)          # float32, 1-D
-    return [a, b]
-
-
-def make_grads(k=0):
-    s = 1.0 + 0.5 * k
-    return [np.array([[0.3, -0.2, 0.1], [-0.4, 0.5, -0.6]]) * s,
-            np.array([0.25, -0.5, 0.75, -1.0], dtype=np.float32) * np.float32(s)]
-
-
 @dataclass
 class Env:
     """An optimizer (or functional state) with its variables and a valid set of gradients."""
@@ -332,7 +322,7 @@ class Env:
     opt: object
     vs: list
     state: object = None
-    gs: list = field(default_factory=lambda: make_grads(7))
+    gs: list = field(default_factory=lambda: make_ramp_grads(7))
 
     def apply(self, grads, variables=None):
         """One call through this env's API (class ``apply`` or functional ``step``)."""
@@ -360,7 +350,7 @@ def make_env(kind):
         state = na.init(vs, names=["w", "b"], learning_rate=0.05, use_ema=True,
                         gradient_accumulation_steps=2, weight_decay=0.01)
         for k in range(3):
-            na.step(vs, make_grads(k), state)
+            na.step(vs, make_ramp_grads(k), state)
         return Env(kind, None, vs, state)
     if kind == "fresh":
         opt = na.Adamax(learning_rate=0.05, use_ema=True, weight_decay=0.01)
@@ -370,11 +360,11 @@ def make_env(kind):
         opt = na.Adamax(learning_rate=0.05, use_ema=True, ema_overwrite_frequency=5,
                         gradient_accumulation_steps=2, weight_decay=0.01, clipnorm=1.0)
         for k in range(3):
-            opt.apply(make_grads(k), vs)
+            opt.apply(make_ramp_grads(k), vs)
     elif kind == "plain":
         opt = na.Adamax(learning_rate=0.05)
         for k in range(2):
-            opt.apply(make_grads(k), vs)
+            opt.apply(make_ramp_grads(k), vs)
     else:
         raise AssertionError(kind)
     return Env(kind, opt, vs)
@@ -392,27 +382,6 @@ def _walk_arrays(obj, out):
     return out
 
 
-def _state_arrays(state):
-    """Every array the functional state owns or points at, by a descriptive name."""
-    arrays = {}
-    for i, p in enumerate(state.params):
-        arrays[f"param[{i}]"] = p
-    for gi, group in enumerate(state.groups):
-        for slot in ("m", "u", "ema", "accumulator"):
-            buf = getattr(group, slot)
-            if buf is not None:
-                arrays[f"group[{gi}].{slot}"] = buf
-    for slot in ("m", "u", "ema", "accumulators"):
-        for i, a in enumerate(getattr(state, slot)):
-            arrays[f"{slot}[{i}]"] = a
-    return arrays
-
-
-def _same(a, b):
-    return (a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
-            and a.tobytes() == b.tobytes())
-
-
 class Snapshot:
     """Copies of everything observable; ``assert_unchanged`` compares bit for bit."""
 
@@ -427,7 +396,7 @@ class Snapshot:
                          None if state is None else state.skipped_steps)
         self.weights = None if opt is None else opt.get_weights()
         self.config = None if opt is None else opt.get_config()
-        self.arrays = {} if state is None else {k: v.copy() for k, v in _state_arrays(state).items()}
+        self.arrays = {} if state is None else snapshot_state(state, state.params)
         self.env_vars = [v.copy() for v in env.vs]
         self.watched = [(w, w.copy()) for w in watched]
         self.mask = None if state is None else list(state.weight_decay_mask)
@@ -445,7 +414,7 @@ class Snapshot:
             weights = opt.get_weights()
             assert len(weights) == len(self.weights)
             for k, (now, before) in enumerate(zip(weights, self.weights)):
-                assert _same(now, before), f"get_weights()[{k}] changed"
+                assert bit_identical(now, before), f"get_weights()[{k}] changed"
             assert opt.get_config() == self.config
         counters = (None if opt is None else opt.iterations,
                     None if state is None else state.raw_steps,
@@ -453,15 +422,12 @@ class Snapshot:
                     None if state is None else state.skipped_steps)
         assert counters == self.counters
         if state is not None:
-            now = _state_arrays(state)
-            assert now.keys() == self.arrays.keys()
-            for k, before in self.arrays.items():
-                assert _same(now[k], before), f"state array {k} changed"
+            assert_unchanged(self.arrays, snapshot_state(state, state.params), "state array")
             assert list(state.weight_decay_mask) == self.mask
         for j, (now, before) in enumerate(zip(env.vs, self.env_vars)):
-            assert _same(now, before), f"variable {j} changed"
+            assert bit_identical(now, before), f"variable {j} changed"
         for j, (w, before) in enumerate(self.watched):
-            assert _same(w, before), f"argument array {j} changed"
+            assert bit_identical(w, before), f"argument array {j} changed"
 
 
 # =================================================================================================
@@ -550,7 +516,7 @@ def _setter_env(init, when):
     opt = na.Adamax(**init)
     if when == "built":
         for k in range(3):
-            opt.apply(make_grads(k), vs)
+            opt.apply(make_ramp_grads(k), vs)
     return Env(when, opt, vs)
 
 
@@ -564,7 +530,7 @@ def test_setter_rejects(init, when, attr, value, exc, match):
     snap.assert_unchanged()
     assert getattr(env.opt, attr) == before_value
     # still usable afterwards, with the old setting
-    env.opt.apply(make_grads(5), env.vs)
+    env.opt.apply(make_ramp_grads(5), env.vs)
 
 
 def test_setter_learning_rate_schedule_replaces_float():
@@ -596,7 +562,7 @@ def test_setter_learning_rate_int_accepted_on_float_lr():
 def test_setter_structural_same_value_after_build_is_allowed():
     vs = make_variables()
     opt = na.Adamax(use_ema=True, gradient_accumulation_steps=3)
-    opt.apply(make_grads(), vs)
+    opt.apply(make_ramp_grads(), vs)
     opt.use_ema = True
     opt.gradient_accumulation_steps = 3
     assert opt.get_slot_names() == ["m", "u", "ema", "accumulator"]
@@ -610,7 +576,7 @@ def test_setter_structural_before_build_changes_slots():
     opt.use_ema = False
     opt.gradient_accumulation_steps = None
     vs = make_variables()
-    opt.apply(make_grads(), vs)
+    opt.apply(make_ramp_grads(), vs)
     assert opt.get_slot_names() == ["m", "u"]
     assert len(opt.variables) == 1 + 4
 
@@ -951,16 +917,14 @@ def test_after_failed_calls_the_trajectory_is_unaffected(kind):
         with pytest.raises((ValueError, TypeError)):
             env.apply(bad)
     for k in range(3):
-        env.apply(make_grads(10 + k))
-        twin.apply(make_grads(10 + k))
+        env.apply(make_ramp_grads(10 + k))
+        twin.apply(make_ramp_grads(10 + k))
     for a, b in zip(env.vs, twin.vs):
-        assert _same(a, b)
+        assert bit_identical(a, b)
     sa = env.state if env.opt is None else env.opt.state
     sb = twin.state if twin.opt is None else twin.opt.state
     assert sa.raw_steps == sb.raw_steps
-    for (k, a), b in zip(_state_arrays(sa).items(), _state_arrays(sb).values()):
-        if not k.startswith("param"):
-            assert _same(a, b), k
+    assert_unchanged(snapshot_state(sb, sb.params), snapshot_state(sa, sa.params))
 
 
 def test_first_call_with_unknown_kwarg_style_error_builds_nothing():
@@ -968,9 +932,9 @@ def test_first_call_with_unknown_kwarg_style_error_builds_nothing():
     vs = make_variables()
     opt = na.Adamax(learning_rate=0.05)
     with pytest.raises(TypeError):
-        opt.apply([make_grads()[0], make_grads()[1].tolist()], vs)
+        opt.apply([make_ramp_grads()[0], make_ramp_grads()[1].tolist()], vs)
     assert opt.built is False
-    opt.apply(make_grads(), vs)
+    opt.apply(make_ramp_grads(), vs)
     assert opt.built and opt.iterations == 1
     assert opt.state.params[0] is vs[0] and opt.state.params[1] is vs[1]
 
@@ -992,7 +956,7 @@ def test_exclude_from_weight_decay_rejects(kwargs, exc, match, built):
         opt = na.Adamax(learning_rate=0.05, weight_decay=0.1)
         opt.exclude_from_weight_decay(var_names=["variable_1"])
         if built:
-            opt.apply(make_grads(), vs)
+            opt.apply(make_ramp_grads(), vs)
         return opt, vs
 
     (opt, vs), (twin, twin_vs) = setup(), setup()
@@ -1002,10 +966,10 @@ def test_exclude_from_weight_decay_rejects(kwargs, exc, match, built):
     snap.assert_unchanged()
     # the earlier exclusion still holds: same trajectory as a twin that never saw the bad call
     for k in range(2):
-        opt.apply(make_grads(k), vs)
-        twin.apply(make_grads(k), twin_vs)
+        opt.apply(make_ramp_grads(k), vs)
+        twin.apply(make_ramp_grads(k), twin_vs)
     for a, b in zip(vs, twin_vs):
-        assert _same(a, b)
+        assert bit_identical(a, b)
 
 
 def _pair_whose_set_order_differs():
@@ -1027,14 +991,14 @@ def test_exclude_from_weight_decay_validates_the_regex_it_uses(built):
     vs = make_variables()
     opt = na.Adamax(learning_rate=0.05, weight_decay=0.1)
     if built:
-        opt.apply(make_grads(), vs)
+        opt.apply(make_ramp_grads(), vs)
     snap = Snapshot(Env("built" if built else "fresh", opt, vs))
     try:
         opt.exclude_from_weight_decay(var_names=names)
     except ValueError:
         snap.assert_unchanged()  # refused: nothing changed
     assert opt.built is built
-    opt.apply(make_grads(1), vs)  # accepted or refused, the optimizer keeps working
+    opt.apply(make_ramp_grads(1), vs)  # accepted or refused, the optimizer keeps working
     assert opt.built and opt.state.raw_steps == 1 + built
 
 
@@ -1043,7 +1007,7 @@ def test_snapshot_detects_changes():
     for kind in ("built", "plain", "functional", "fresh"):
         env = make_env(kind)
         snap = Snapshot(env)
-        env.apply(make_grads(9))
+        env.apply(make_ramp_grads(9))
         with pytest.raises(AssertionError):
             snap.assert_unchanged()
     env = make_env("built")

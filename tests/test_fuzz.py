@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import numba_adamax as na
-from checkpoint_helpers import bit_identical
+from conftest import assert_unchanged, bit_identical, slow, snapshot_state
 
 EXAMPLES = int(os.environ.get("NUMBA_ADAMAX_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -144,30 +144,6 @@ def _state_of(target):
     return target.state if isinstance(target, na.Adamax) else target
 
 
-def _snapshot(params, target):
-    state = _state_of(target)
-    snap = {"params": [p.copy() for p in params]}
-    if state is not None:
-        snap["slots"] = [a.copy() for a in state.state_arrays()]
-        snap["buffers"] = [getattr(g, s).copy() for g in state.groups
-                           for s in ("m", "u", "ema", "accumulator") if getattr(g, s) is not None]
-        snap["counters"] = (state.raw_steps, state.iterations, state.skipped_steps)
-    else:
-        snap["counters"] = None
-    return snap
-
-
-def _assert_unchanged(before, params, target, skipped=0):
-    after = _snapshot(params, target)
-    assert before.keys() == after.keys()
-    for key in ("params", "slots", "buffers"):
-        for a, b in zip(before.get(key, ()), after.get(key, ())):
-            assert bit_identical(a, b), key
-    if before["counters"] is not None:
-        raw, iterations, skip = before["counters"]
-        assert after["counters"] == (raw, iterations, skip + skipped)
-
-
 def _non_finite(row):
     return any(isinstance(g, np.ndarray) and g.dtype.kind == "f" and not np.isfinite(g).all()
                for g in row)
@@ -184,7 +160,7 @@ def _valid(row, params):
 
 def _one_call(outcomes, api, target, params, row, policy):
     was_built = api == "functional" or target.built
-    before = _snapshot(params, target)
+    before = snapshot_state(target, params)
     try:
         if api == "class":
             target.apply(row, params)
@@ -199,7 +175,7 @@ def _one_call(outcomes, api, target, params, row, policy):
             outcomes[f"refused input ({type(exc).__name__})"] += 1
         if not was_built:
             assert not target.built
-        _assert_unchanged(before, params, target)
+        assert_unchanged(before, snapshot_state(target, params))
         return
     assert _valid(row, params)
     if _non_finite(row):
@@ -207,18 +183,17 @@ def _one_call(outcomes, api, target, params, row, policy):
         if policy == "skip":
             outcomes["skipped"] += 1
             if was_built:
-                _assert_unchanged(before, params, target, skipped=1)
+                assert_unchanged(before, snapshot_state(target, params), skipped=1)
             else:  # the skipped first call built zeroed slots and counted itself
                 state = target.state
-                assert all(bit_identical(a, b) for a, b in zip(params, before["params"]))
+                assert all(bit_identical(p, before[f"param[{i}]"]) for i, p in enumerate(params))
                 assert all(not a.any() for a in state.state_arrays())
                 assert (state.raw_steps, state.skipped_steps) == (0, 1)
             return
         outcomes["propagated non-finite"] += 1
     else:
         outcomes["applied"] += 1
-    assert _state_of(target).raw_steps == (0 if before["counters"] is None
-                                           else before["counters"][0]) + 1
+    assert _state_of(target).raw_steps == int(before.get("raw_steps", 0)) + 1
 
 
 def _fuzz(outcomes, api, kwargs, params, rows):
@@ -237,6 +212,7 @@ def _fuzz(outcomes, api, kwargs, params, rows):
             _one_call(outcomes, api, target, params, row, policy)
 
 
+@slow
 @pytest.mark.parametrize("api", ["class", "functional"])
 def test_fuzz_public_api(api):
     outcomes = Counter()

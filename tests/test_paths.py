@@ -4,8 +4,8 @@ For every entry of ``configs.CONFIGS`` the library runs several calls (enough to
 accumulation window and EMA-overwrite period) on odd shapes, a zero-size variable and a ~1000
 element one, with None gradients on some calls, and is compared with ``ReferenceAdamax`` after
 every call on the parameters, every slot (m, u, EMA averages, accumulators), both counters and
-the learning rate. Schedules reach the reference as the spec's formulas (configs.FormulaSchedule),
-so the library's schedule classes are checked as well.
+the learning rate. Schedules reach the reference as the spec's formulas
+(schedule_formulas.FormulaSchedule), so the library's schedule classes are checked as well.
 
 Parity tests (bit for bit): serial vs parallel loops, the class vs the functional API, list vs
 dict vs ``apply_gradients``, and a mixed float32/float64 optimizer vs one optimizer per dtype.
@@ -14,9 +14,6 @@ test, and NaN/inf semantics (A2).
 """
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import warnings
 
@@ -30,23 +27,15 @@ from numba_adamax.kernels import config as kernel_config
 from numba_adamax.kernels import cpu as cpu_kernels
 from configs import (call_expecting_missing_warning, CONFIG_NAMES, CONFIGS, Clock, Config, build_optimizer, build_reference,
                      init_state)
+from conftest import F32_TOL, F64_TOL, NAMES, SHAPES, run_python, slow, tolerance
 
 # --------------------------------------------------------------------------- the problem
 
-NAMES = ("w_a", "bias_b", "w_c", "empty", "big")
-SHAPES = ((7,), (3, 5), (4, 2, 3), (0,), (37, 27))  # 7, 15, 24, 0 and 999 elements
 STEPS = 9  # crosses gas=2 and gas=3 windows and overwrite periods 1, 2 and 3
 # (call, variable) pairs fed a None gradient: on accumulation micro-steps and on update steps
 # of gas=2 (calls 1, 3, 5, 7) and gas=3 (calls 2, 5, 8); never all variables at once.
 NONE_AT = frozenset({(1, 1), (3, 0), (3, 3), (4, 4), (5, 4), (6, 1), (6, 2), (8, 0)})
 MIXED_DTYPES = (np.float32, np.float64, np.float32, np.float64, np.float64)
-
-F64_TOL = dict(rtol=1e-12, atol=1e-14)
-F32_TOL = dict(rtol=1e-4, atol=1e-6)
-
-
-def tolerance(dtype):
-    return F64_TOL if np.dtype(dtype) == np.float64 else F32_TOL
 
 
 def make_problem(config, dtypes, seed=0, steps=STEPS, shapes=SHAPES, none_at=NONE_AT):
@@ -360,6 +349,7 @@ def _scenarios(draw):
         none_at, seed, names
 
 
+@slow
 @settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=_scenarios())
 def test_property_random_configurations_match_reference(scenario):
@@ -431,12 +421,9 @@ _SUBPROCESS = textwrap.dedent("""
          ema_overwrite_frequency=2, clipnorm=0.5, weight_decay=0.1, loss_scale_factor=64.0),
     dict(learning_rate=0.05, global_clipnorm=1.0, gradient_accumulation_steps=2),
 ], ids=["plain", "kitchen_sink", "global_clipnorm_accum"])
+@slow
 def test_one_signature_per_dtype_in_a_fresh_process(kwargs):
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _SUBPROCESS, json.dumps(kwargs)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_python(["-c", _SUBPROCESS, json.dumps(kwargs)], timeout=120)
     assert proc.returncode == 0, proc.stderr
     sigs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert sorted(sigs["update"]) == ["float32", "float64"]

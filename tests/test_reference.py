@@ -5,14 +5,14 @@ epsilon_zero); float64 ``f64_*`` configs rtol=1e-10.
 """
 
 import functools
-import math
-import types
 
 import numpy as np
 import pytest
 
 from conformance import DATA_DIR, load_keras_configs, load_keras_json, optimizer_kwargs
+from conftest import recorded_tolerance
 from reference import ReferenceAdamax
+from schedule_formulas import FORMULA_SCHEDULES
 
 CONFIGS = load_keras_configs()
 CONFIG_NAMES = list(CONFIGS)
@@ -21,64 +21,6 @@ CONFIG_NAMES = list(CONFIGS)
 # 3% of the float32 tolerance on every config, so none needs the float32 mode of the reference.
 # That mode (dtype=np.float32, Keras operation order and scalar casts) is checked separately below.
 FLOAT32_CONFIGS = [name for name in CONFIGS if not CONFIGS[name].is_float64]
-
-
-# --------------------------------------------------------------------------- local schedules
-# Small formula versions of the Keras schedules used by the vectors (§6), so that these tests do not
-# depend on numba_adamax.schedules. Each has get_config, which makes the reference treat it as a
-# schedule called with the raw counter.
-
-
-class _Schedule:
-    def __init__(self, **config):
-        self.config = config
-
-    def get_config(self):
-        return dict(self.config)
-
-
-class ExponentialDecay(_Schedule):
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
-        super().__init__(initial_learning_rate=initial_learning_rate, decay_steps=decay_steps,
-                         decay_rate=decay_rate, staircase=staircase)
-
-    def __call__(self, step):
-        c = self.config
-        p = step / c["decay_steps"]
-        if c["staircase"]:
-            p = math.floor(p)
-        return c["initial_learning_rate"] * c["decay_rate"] ** p
-
-
-class PiecewiseConstantDecay(_Schedule):
-    def __init__(self, boundaries, values):
-        super().__init__(boundaries=list(boundaries), values=list(values))
-
-    def __call__(self, step):
-        # values[i] for b[i-1] < step <= b[i]; boundaries are inclusive on the right.
-        for boundary, value in zip(self.config["boundaries"], self.config["values"]):
-            if step <= boundary:
-                return value
-        return self.config["values"][-1]
-
-
-class CosineDecay(_Schedule):
-    def __init__(self, initial_learning_rate, decay_steps, alpha=0.0):
-        super().__init__(initial_learning_rate=initial_learning_rate, decay_steps=decay_steps,
-                         alpha=alpha)
-
-    def __call__(self, step):
-        c = self.config
-        s = min(step, c["decay_steps"])
-        cosine = 0.5 * (1 + math.cos(math.pi * s / c["decay_steps"]))
-        return c["initial_learning_rate"] * ((1 - c["alpha"]) * cosine + c["alpha"])
-
-
-LOCAL_SCHEDULES = types.SimpleNamespace(
-    ExponentialDecay=ExponentialDecay,
-    PiecewiseConstantDecay=PiecewiseConstantDecay,
-    CosineDecay=CosineDecay,
-)
 
 
 # --------------------------------------------------------------------------- replay
@@ -92,7 +34,10 @@ def replay(name, dtype_name):
     assert cfg.set_lr is None  # no recorded config changes the learning rate mid-run
 
     apply_index = [0]  # the 0-based index of the apply() in progress, as the recorder counted it
-    kwargs = optimizer_kwargs(cfg, schedules_module=LOCAL_SCHEDULES, step_fn=lambda: apply_index[0])
+    # Schedules as the formulas of tests/schedule_formulas.py: these tests do not depend on
+    # numba_adamax.schedules.
+    kwargs = optimizer_kwargs(cfg, schedules_module=FORMULA_SCHEDULES,
+                              step_fn=lambda: apply_index[0])
     exclude_names, exclude_indices = cfg.exclusion()
     opt = ReferenceAdamax(**kwargs, names=cfg.var_names, exclude_names=exclude_names,
                           exclude_indices=exclude_indices, dtype=dtype)
@@ -139,14 +84,10 @@ def replay(name, dtype_name):
 
 
 def assert_matches(name, key, actual, expected):
-    cfg = CONFIGS[name]
-    if cfg.is_float64:
-        tol = dict(rtol=1e-10, atol=0)
-    else:
-        tol = dict(rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(
         np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64),
-        equal_nan=(name == "epsilon_zero"), err_msg=f"{name}: {key}", **tol,
+        equal_nan=(name == "epsilon_zero"), err_msg=f"{name}: {key}",
+        **recorded_tolerance(CONFIGS[name].dtype),
     )
 
 
@@ -280,7 +221,8 @@ def test_non_positive_clip_values_disable_clipping():
 
 
 def test_decay_is_tf1_inverse_time_decay_on_the_raw_counter():
-    schedule = ExponentialDecay(0.1, decay_steps=2, decay_rate=0.5)
+    schedule = FORMULA_SCHEDULES.ExponentialDecay(initial_learning_rate=0.1, decay_steps=2,
+                                                  decay_rate=0.5)
     opt = ReferenceAdamax(learning_rate=schedule, decay=0.25, gradient_accumulation_steps=2)
     w = [np.zeros(2)]
     for raw in range(5):

@@ -1,8 +1,7 @@
 """Tests of ``numba_adamax.schedules`` against independent float64 formulas and Keras values.
 
-The reference functions below are written from the formulas in the specification (§6 of
-``adamax_semantics.md``), deliberately in a different style from the implementation (loops,
-``**`` and plain branches), so that a slip in one is unlikely to be repeated in the other.
+The formulas are those of tests/schedule_formulas.py, written from the specification (§6 of
+``adamax_semantics.md``) in a different style from the implementation.
 """
 
 import inspect
@@ -27,118 +26,44 @@ from numba_adamax.schedules import (
     deserialize,
     serialize,
 )
+from schedule_formulas import FormulaSchedule, cosine_decay, cosine_decay_restarts
 
 STEPS = range(51)
 REL = 1e-12
 ABS = 1e-15
 
 
-# ------------------------------------------------------------------------------------------
-# Independent float64 references
-# ------------------------------------------------------------------------------------------
-
-def ref_exponential(s, init, decay_steps, decay_rate, staircase=False):
-    p = s / decay_steps
-    if staircase:
-        p = math.floor(p)
-    return init * decay_rate ** p
-
-
-def ref_piecewise(s, boundaries, values):
-    for boundary, value in zip(boundaries, values):
-        if s <= boundary:
-            return value
-    return values[-1]
-
-
-def ref_polynomial(s, init, decay_steps, end=0.0001, power=1.0, cycle=False):
-    if cycle:
-        decay_steps = decay_steps * max(1, math.ceil(s / decay_steps))
-    else:
-        s = min(s, decay_steps)
-    return (init - end) * (1 - s / decay_steps) ** power + end
-
-
-def ref_inverse_time(s, init, decay_steps, decay_rate, staircase=False):
-    p = s / decay_steps
-    if staircase:
-        p = math.floor(p)
-    return init / (1 + decay_rate * p)
-
-
-def ref_cosine(s, init, decay_steps, alpha=0.0, target=None, warmup=0):
-    def cosine_from(x, top):
-        return top * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * x / decay_steps)) + alpha)
-
-    if target is None:
-        return cosine_from(min(s, decay_steps), init)
-    s = min(s, decay_steps + warmup)
-    if s < warmup:
-        return init + (target - init) * s / warmup
-    return cosine_from(s - warmup, target)
-
-
-def ref_restarts(s, init, first, t_mul=2.0, m_mul=1.0, alpha=0.0):
-    """Walk the periods one by one (only for t_mul >= 1 or steps before the t_mul < 1 horizon)."""
-    restart, start, length = 0, 0.0, first
-    while s >= start + length:
-        start += length
-        length *= t_mul
-        restart += 1
-    f = (s - start) / length
-    return init * ((1 - alpha) * 0.5 * m_mul ** restart * (1 + math.cos(math.pi * f)) + alpha)
-
-
-# (schedule class, constructor kwargs, reference function, reference kwargs)
+# (schedule class, constructor kwargs); the reference is FormulaSchedule(class name, kwargs)
 CASES = [
-    (ExponentialDecay, dict(initial_learning_rate=0.05, decay_steps=3, decay_rate=0.5),
-     ref_exponential, dict(init=0.05, decay_steps=3, decay_rate=0.5)),
+    (ExponentialDecay, dict(initial_learning_rate=0.05, decay_steps=3, decay_rate=0.5)),
     (ExponentialDecay, dict(initial_learning_rate=0.1, decay_steps=7, decay_rate=0.9,
-                            staircase=True),
-     ref_exponential, dict(init=0.1, decay_steps=7, decay_rate=0.9, staircase=True)),
-    (ExponentialDecay, dict(initial_learning_rate=2.0, decay_steps=2.5, decay_rate=1.1),
-     ref_exponential, dict(init=2.0, decay_steps=2.5, decay_rate=1.1)),
-    (PiecewiseConstantDecay, dict(boundaries=[3, 7], values=[0.05, 0.02, 0.01]),
-     ref_piecewise, dict(boundaries=[3, 7], values=[0.05, 0.02, 0.01])),
+                            staircase=True)),
+    (ExponentialDecay, dict(initial_learning_rate=2.0, decay_steps=2.5, decay_rate=1.1)),
+    (PiecewiseConstantDecay, dict(boundaries=[3, 7], values=[0.05, 0.02, 0.01])),
     (PiecewiseConstantDecay, dict(boundaries=[0, 10.5, 20, 49],
-                                  values=[1.0, 0.5, 0.25, 0.125, 0.0]),
-     ref_piecewise, dict(boundaries=[0, 10.5, 20, 49], values=[1.0, 0.5, 0.25, 0.125, 0.0])),
-    (PolynomialDecay, dict(initial_learning_rate=0.1, decay_steps=20),
-     ref_polynomial, dict(init=0.1, decay_steps=20)),
+                                  values=[1.0, 0.5, 0.25, 0.125, 0.0])),
+    (PolynomialDecay, dict(initial_learning_rate=0.1, decay_steps=20)),
     (PolynomialDecay, dict(initial_learning_rate=0.1, decay_steps=12, end_learning_rate=0.01,
-                           power=2.0),
-     ref_polynomial, dict(init=0.1, decay_steps=12, end=0.01, power=2.0)),
+                           power=2.0)),
     (PolynomialDecay, dict(initial_learning_rate=0.1, decay_steps=8, end_learning_rate=0.02,
-                           power=0.5, cycle=True),
-     ref_polynomial, dict(init=0.1, decay_steps=8, end=0.02, power=0.5, cycle=True)),
-    (InverseTimeDecay, dict(initial_learning_rate=0.1, decay_steps=5, decay_rate=0.5),
-     ref_inverse_time, dict(init=0.1, decay_steps=5, decay_rate=0.5)),
+                           power=0.5, cycle=True)),
+    (InverseTimeDecay, dict(initial_learning_rate=0.1, decay_steps=5, decay_rate=0.5)),
     (InverseTimeDecay, dict(initial_learning_rate=0.1, decay_steps=4, decay_rate=2.0,
-                            staircase=True),
-     ref_inverse_time, dict(init=0.1, decay_steps=4, decay_rate=2.0, staircase=True)),
-    (CosineDecay, dict(initial_learning_rate=0.05, decay_steps=8, alpha=0.1),
-     ref_cosine, dict(init=0.05, decay_steps=8, alpha=0.1)),
-    (CosineDecay, dict(initial_learning_rate=0.2, decay_steps=30),
-     ref_cosine, dict(init=0.2, decay_steps=30)),
+                            staircase=True)),
+    (CosineDecay, dict(initial_learning_rate=0.05, decay_steps=8, alpha=0.1)),
+    (CosineDecay, dict(initial_learning_rate=0.2, decay_steps=30)),
     (CosineDecay, dict(initial_learning_rate=0.0, decay_steps=20, alpha=0.05,
-                       warmup_target=0.1, warmup_steps=10),
-     ref_cosine, dict(init=0.0, decay_steps=20, alpha=0.05, target=0.1, warmup=10)),
+                       warmup_target=0.1, warmup_steps=10)),
     (CosineDecay, dict(initial_learning_rate=0.01, decay_steps=15, warmup_target=0.1,
-                       warmup_steps=7),
-     ref_cosine, dict(init=0.01, decay_steps=15, target=0.1, warmup=7)),
-    (CosineDecay, dict(initial_learning_rate=0.01, decay_steps=15, warmup_target=0.1),
-     ref_cosine, dict(init=0.01, decay_steps=15, target=0.1, warmup=0)),
-    (CosineDecayRestarts, dict(initial_learning_rate=0.1, first_decay_steps=3),
-     ref_restarts, dict(init=0.1, first=3)),
+                       warmup_steps=7)),
+    (CosineDecay, dict(initial_learning_rate=0.01, decay_steps=15, warmup_target=0.1)),
+    (CosineDecayRestarts, dict(initial_learning_rate=0.1, first_decay_steps=3)),
     (CosineDecayRestarts, dict(initial_learning_rate=0.1, first_decay_steps=3, t_mul=2.0, m_mul=0.5,
-                               alpha=0.1),
-     ref_restarts, dict(init=0.1, first=3, t_mul=2.0, m_mul=0.5, alpha=0.1)),
+                               alpha=0.1)),
     (CosineDecayRestarts, dict(initial_learning_rate=0.1, first_decay_steps=4, t_mul=1.0, m_mul=0.8,
-                               alpha=0.2),
-     ref_restarts, dict(init=0.1, first=4, t_mul=1.0, m_mul=0.8, alpha=0.2)),
+                               alpha=0.2)),
     (CosineDecayRestarts, dict(initial_learning_rate=0.1, first_decay_steps=4, t_mul=1.5, m_mul=0.9,
-                               alpha=0.05),
-     ref_restarts, dict(init=0.1, first=4, t_mul=1.5, m_mul=0.9, alpha=0.05)),
+                               alpha=0.05)),
 ]
 
 
@@ -148,17 +73,18 @@ def _case_id(case):
 
 
 def _schedule_samples():
-    return [cls(**kwargs) for cls, kwargs, _, _ in CASES]
+    return [cls(**kwargs) for cls, kwargs in CASES]
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_matches_reference_over_steps(case):
-    cls, kwargs, reference, ref_kwargs = case
+    cls, kwargs = case
     schedule = cls(**kwargs)
+    reference = FormulaSchedule(cls.__name__, kwargs)
     for s in STEPS:
         got = schedule(s)
         assert type(got) is float
-        assert got == pytest.approx(reference(s, **ref_kwargs), rel=REL, abs=ABS), s
+        assert got == pytest.approx(reference(s), rel=REL, abs=ABS), s
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
@@ -178,7 +104,7 @@ def test_float_steps_between_integers():
     schedule = ExponentialDecay(1.0, 4, 0.5, staircase=True)
     assert schedule(3.999) == 1.0
     assert schedule(4.0) == 0.5
-    assert CosineDecay(1.0, 10)(2.5) == pytest.approx(ref_cosine(2.5, 1.0, 10), rel=REL)
+    assert CosineDecay(1.0, 10)(2.5) == pytest.approx(cosine_decay(2.5, 1.0, 10), rel=REL)
 
 
 # ------------------------------------------------------------------------------------------
@@ -268,7 +194,7 @@ def test_restarts_shrinking_periods():
     schedule = CosineDecayRestarts(1.0, 3, t_mul=0.5, m_mul=0.9, alpha=0.1)
     for s in (0, 1, 2, 3, 4, 4.5, 5, 5.5):
         assert schedule(s) == pytest.approx(
-            ref_restarts(s, 1.0, 3, t_mul=0.5, m_mul=0.9, alpha=0.1), rel=1e-9)
+            cosine_decay_restarts(s, 1.0, 3, t_mul=0.5, m_mul=0.9, alpha=0.1), rel=1e-9)
     assert all(math.isnan(schedule(s)) for s in (6, 7, 50))
 
 

@@ -11,7 +11,6 @@
 * every bad input, each checked to change nothing.
 """
 
-import functools
 import warnings
 
 import numpy as np
@@ -20,99 +19,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import numba_adamax as na
-from configs import CONFIG_NAMES, CONFIGS, Clock, build_optimizer, init_state, make_kwargs
-from conformance import load_tf_sparse_configs
+from configs import (CONFIG_NAMES, CONFIGS, NORM_CLIPPING_CONFIGS, Clock, build_optimizer,
+                     init_state, make_kwargs)
+from conftest import assert_unchanged, recorded_tolerance, slow, snapshot_state, tolerance
 from numba_adamax.kernels import config as kernel_config
+from sparse_helpers import (PATTERNS, SPARSE_NAMES, TF, TF_NAMES, make_gradient, make_indices,
+                            replay_legacy)
 from sparse_reference import LazySparseReference
-
-F64_TOL = dict(rtol=1e-12, atol=1e-14)
-F32_TOL = dict(rtol=1e-4, atol=1e-6)
-NORM_CLIPPING = {name for name, c in CONFIGS.items()
-                 if c.kwargs.get("clipnorm") or c.kwargs.get("global_clipnorm")}
-
-
-def tolerance(dtype):
-    return F64_TOL if np.dtype(dtype) == np.float64 else F32_TOL
 
 
 # ============================================================ recorded legacy-TF trajectories
-
-TF = load_tf_sparse_configs()
-TF_NAMES = list(TF)
-#: Legacy defaults; the legacy optimizer keeps these hyperparameters in float32 variables.
-_LEGACY_DEFAULTS = dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999)
-
-
-def legacy_kwargs(cfg):
-    """Constructor kwargs replaying ``cfg``: learning rate, betas and decay rounded to float32
-    (tests/data/README.md, "Replaying them"); ``lr`` stays the keyword it was recorded with."""
-    kwargs = {**_LEGACY_DEFAULTS, **cfg.meta["kwargs"]}
-    if "lr" in kwargs:
-        del kwargs["learning_rate"]
-    for key in ("learning_rate", "lr", "beta_1", "beta_2", "decay"):
-        if key in kwargs:
-            kwargs[key] = float(np.float32(kwargs[key]))
-    return kwargs
-
-
-def legacy_grads(cfg, s):
-    """The gradients of step ``s``: IndexedSlices, or the densified sums on dense steps."""
-    dense = bool(cfg.arrays["is_dense_step"][s])
-    out = []
-    for j, var in enumerate(cfg.meta["variables"]):
-        if dense:
-            out.append(np.array(cfg.arrays[f"dense_grad{j}"][s]))
-        else:
-            out.append(na.IndexedSlices(np.array(cfg.arrays[f"values{j}"][s]),
-                                        np.array(cfg.arrays[f"indices{j}"][s]),
-                                        dense_shape=tuple(var["shape"])))
-    return out
-
-
-def _legacy_tolerance(array):
-    return dict(rtol=1e-10, atol=0.0) if array.dtype == np.float64 else F32_TOL
-
-
-@functools.lru_cache(maxsize=None)
-def replay_legacy(name, api):
-    """Replay ``name`` through the class or the functional API; returns the trajectories
-    (``value{j}``, ``m{j}``, ``v{j}``, ``iterations``, ``lr``) and the final ``get_weights``."""
-    cfg = TF[name]
-    kwargs = legacy_kwargs(cfg)
-    params = [np.array(cfg.arrays[f"value{j}"][0]) for j in range(cfg.n_vars)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # lr and decay are deprecated
-        if api == "class":
-            opt = na.Adamax(**kwargs)
-            opt.build(params, names=cfg.var_names)
-            state = opt.state
-        else:
-            if "lr" in kwargs:
-                kwargs["learning_rate"] = kwargs.pop("lr")
-            state = na.init(params, names=cfg.var_names, **kwargs)
-    out = {"iterations": [state.iterations], "lr": []}
-    for j in range(cfg.n_vars):
-        out[f"value{j}"], out[f"m{j}"], out[f"v{j}"] = [params[j].copy()], [], []
-        out[f"m{j}"].append(state.m[j].copy())
-        out[f"v{j}"].append(state.u[j].copy())
-    for s in range(cfg.steps):
-        out["lr"].append(state.hyperparameters.learning_rate_at(state.raw_steps))
-        grads = legacy_grads(cfg, s)
-        if api == "class":
-            opt.apply(grads, params)
-        else:
-            na.step(params, grads, state)
-        out["iterations"].append(state.iterations)
-        for j in range(cfg.n_vars):
-            out[f"value{j}"].append(params[j].copy())
-            out[f"m{j}"].append(state.m[j].copy())
-            out[f"v{j}"].append(state.u[j].copy())
-    out = {k: np.array(v) for k, v in out.items()}
-    # the legacy get_weights() order: counter, every m, then every v
-    weights = [np.array(state.raw_steps)] + [m.copy() for m in state.m] + \
-        [u.copy() for u in state.u]
-    return out, weights
-
 
 @pytest.mark.parametrize("api", ["class", "functional"])
 @pytest.mark.parametrize("name", TF_NAMES)
@@ -126,11 +42,13 @@ def test_legacy_tf_sparse_trajectories(name, api):
             want = cfg.arrays[f"{key}{j}"]
             assert got[f"{key}{j}"].dtype == want.dtype
             for s in range(cfg.steps + 1):
-                np.testing.assert_allclose(got[f"{key}{j}"][s], want[s], **_legacy_tolerance(want),
+                np.testing.assert_allclose(got[f"{key}{j}"][s], want[s],
+                                           **recorded_tolerance(want.dtype),
                                            err_msg=f"{name}/{key}{j} after {s} steps")
     for i, w in enumerate(weights):
         want = cfg.arrays[f"get_weights_{i}"]
-        np.testing.assert_allclose(w, want, **_legacy_tolerance(want), err_msg=f"weights[{i}]")
+        np.testing.assert_allclose(w, want, **recorded_tolerance(want.dtype),
+                                   err_msg=f"weights[{i}]")
 
 
 def test_legacy_replay_is_lazy_and_class_equals_functional():
@@ -153,34 +71,6 @@ def test_legacy_replay_is_lazy_and_class_equals_functional():
 
 
 # ============================================================ against the lazy reference
-
-NAMES = ["w_emb", "bias", "big"]  # "bias" and "big" match configs.EXCLUDE; "w_" matches ^w_
-PATTERNS = ("random", "empty", "all_rows", "one_row_many", "permutation")
-
-
-def make_indices(rng, pattern, n_rows):
-    if pattern == "empty":
-        return np.zeros(0, np.int64)
-    if pattern == "all_rows":
-        return np.concatenate([rng.permutation(n_rows), rng.integers(0, n_rows, 3)])
-    if pattern == "one_row_many":
-        return np.full(int(rng.integers(2, 9)), rng.integers(0, n_rows))
-    if pattern == "permutation":
-        return rng.permutation(n_rows)
-    return rng.integers(0, n_rows, int(rng.integers(1, 2 * n_rows + 2)))
-
-
-def make_gradient(rng, kind, pattern, shape, dtype):
-    """A gradient of ``kind`` ("none", "dense", "sparse"); indices in varying integer dtypes."""
-    if kind == "none":
-        return None
-    if kind == "dense":
-        return rng.standard_normal(shape).astype(dtype)
-    indices = make_indices(rng, pattern, shape[0])
-    indices = indices.astype([np.int64, np.int32, np.uint16][rng.integers(3)])
-    values = rng.standard_normal((indices.size, *shape[1:])).astype(dtype)
-    return na.IndexedSlices(values, indices, dense_shape=shape if rng.random() < 0.5 else None)
-
 
 @st.composite
 def scenarios(draw):
@@ -210,12 +100,6 @@ def build_problem(dtype, shapes, calls, seed):
     return init, grads
 
 
-def snapshot(params, m, u, ema, acc):
-    return {"params": [p.copy() for p in params], "m": [x.copy() for x in m],
-            "u": [x.copy() for x in u], "ema": [x.copy() for x in ema],
-            "acc": [x.copy() for x in acc]}
-
-
 def run_library(name, init, grads, api="class"):
     """Run the calls through the class or the functional API; one snapshot per call."""
     config, clock = CONFIGS[name], Clock()
@@ -225,24 +109,24 @@ def run_library(name, init, grads, api="class"):
         warnings.simplefilter("ignore")  # missing-gradient warnings, deprecated decay
         if api == "class":
             opt = build_optimizer(config, clock)
-            opt.build(params, names=NAMES)
+            opt.build(params, names=SPARSE_NAMES)
             state = opt.state
         else:
-            state = init_state(config, params, names=NAMES, clock=clock)
+            state = init_state(config, params, names=SPARSE_NAMES, clock=clock)
         for s, call in enumerate(grads):
             clock.step = s
             if api == "class":
                 opt.apply(call, params)
             else:
                 na.step(params, call, state)
-            rows.append(snapshot(params, state.m, state.u, state.ema, state.accumulators))
+            rows.append(snapshot_state(state, params))
     return rows
 
 
 def run_lazy_reference(name, init, grads):
     config, clock = CONFIGS[name], Clock()
-    ref = LazySparseReference(**make_kwargs(config, clock, for_reference=True), names=NAMES,
-                              exclude_names=config.exclude_names)
+    ref = LazySparseReference(**make_kwargs(config, clock, for_reference=True),
+                              names=SPARSE_NAMES, exclude_names=config.exclude_names)
     params = [p.astype(np.float64) for p in init]
     rows = []
     with warnings.catch_warnings():
@@ -250,27 +134,40 @@ def run_lazy_reference(name, init, grads):
         for s, call in enumerate(grads):
             clock.step = s
             ref.apply(call, params)
-            rows.append(snapshot(params, ref.m, ref.u, ref.ema, ref.acc))
+            rows.append(snapshot_state(ref, params))
     return rows
 
 
+_PER_VARIABLE = ("param", "m", "u", "ema", "accumulator")
+
+
+def _variables_and_slots(snapshot):
+    return {key for key in snapshot if key.split("[")[0] in _PER_VARIABLE}
+
+
 def assert_rows_close(name, got, want, dtype):
+    """After every call: the same variables and slots, and every array of ``want`` (snapshots
+    of ``conftest.snapshot_state``) within ``tolerance(dtype)`` of ``got``'s."""
+    assert len(got) == len(want), name
     for s, (g, w) in enumerate(zip(got, want)):
-        for slot in g:
-            assert len(g[slot]) == len(w[slot]), (name, slot)
-            for j, (x, y) in enumerate(zip(g[slot], w[slot])):
-                np.testing.assert_allclose(x, y, equal_nan=True, **tolerance(dtype),
-                                           err_msg=f"{name}: {slot}{j} after call {s}")
+        assert _variables_and_slots(g) == _variables_and_slots(w), (name, s)
+        assert w.keys() <= g.keys(), (name, s)
+        for key, y in w.items():
+            np.testing.assert_allclose(g[key], y, equal_nan=True, **tolerance(dtype),
+                                       err_msg=f"{name}: {key} after call {s}")
 
 
 def assert_rows_identical(name, a, b):
+    """After every call, the same arrays: dtypes and values equal (NaN == NaN)."""
+    assert len(a) == len(b), name
     for s, (x, y) in enumerate(zip(a, b)):
-        for slot in x:
-            for j, (p, q) in enumerate(zip(x[slot], y[slot])):
-                assert p.dtype == q.dtype
-                assert np.array_equal(p, q, equal_nan=True), f"{name}: {slot}{j} call {s}"
+        assert x.keys() == y.keys(), (name, s)
+        for key, p in x.items():
+            assert p.dtype == y[key].dtype
+            assert np.array_equal(p, y[key], equal_nan=True), f"{name}: {key} call {s}"
 
 
+@slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios())
 def test_matches_lazy_reference(scenario):
@@ -370,7 +267,7 @@ def test_every_row_once_equals_the_dense_path(name):
         sparse.append(call_sparse)
     a = run_library(name, init, dense)
     b = run_library(name, init, sparse)
-    if name in NORM_CLIPPING:
+    if name in NORM_CLIPPING_CONFIGS:
         assert_rows_close(name, b, a, np.float64)
     else:
         assert_rows_identical(name, a, b)
@@ -511,12 +408,6 @@ def _bad_inputs():
 BAD = _bad_inputs()
 
 
-def _everything(params, state):
-    return [p.copy() for p in params] + [x.copy() for x in state.m + state.u + state.ema
-                                         + state.accumulators + state.touched_rows] + \
-        [np.array(state.raw_steps)]
-
-
 @pytest.mark.parametrize("api", ["class", "functional"])
 @pytest.mark.parametrize("label,make,exc,message", BAD, ids=[b[0] for b in BAD])
 def test_bad_sparse_gradient_changes_nothing(label, make, exc, message, api):
@@ -537,15 +428,14 @@ def test_bad_sparse_gradient_changes_nothing(label, make, exc, message, api):
         state = na.init(params, **kwargs)
         with pytest.warns(UserWarning, match="Gradients do not exist"):
             na.step(params, [good, None], state)
-    before = _everything(params, state)
+    before = snapshot_state(state, params)
     with pytest.raises(exc, match=message) as info:
         if api == "class":
             opt.apply([good, make()], params)
         else:
             na.step(params, [good, make()], state)
     assert "gradient for variable 'variable_1'" in str(info.value)
-    for x, y in zip(before, _everything(params, state)):
-        np.testing.assert_array_equal(x, y)
+    assert_unchanged(before, snapshot_state(state, params))
 
 
 def test_sparse_gradient_for_a_scalar_variable_is_refused():
@@ -573,7 +463,7 @@ def test_nonfinite_sparse_values_follow_the_policy_and_change_nothing(policy):
                      np.ones(4, np.float32)], state)
     values = np.ones((2, 3), np.float32)
     values[0, 1] = np.inf
-    before = _everything(params, state)
+    before = snapshot_state(state, params)
     bad = [na.IndexedSlices(values, np.array([4, 4])), np.ones(4, np.float32)]
     if policy == "raise":
         with pytest.raises(FloatingPointError, match="'variable_0'"):
@@ -581,8 +471,7 @@ def test_nonfinite_sparse_values_follow_the_policy_and_change_nothing(policy):
     else:
         na.step(params, bad, state)
         assert state.skipped_steps == 1
-    for x, y in zip(before, _everything(params, state)):
-        np.testing.assert_array_equal(x, y)
+    assert_unchanged(before, snapshot_state(state, params), skipped=int(policy == "skip"))
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)

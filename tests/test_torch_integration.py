@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 
 import numba_adamax as na  # noqa: E402
 from configs import CONFIGS, Clock, make_kwargs  # noqa: E402
+from conftest import assert_unchanged, bit_identical  # noqa: E402
 from numba_adamax.integrations import _torch_checks  # noqa: E402
 from numba_adamax.integrations.torch import Adamax  # noqa: E402
 
@@ -58,9 +59,7 @@ def numpy_step(arrays, row, state):
 
 
 def assert_bits(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.dtype == b.dtype and a.shape == b.shape
-    assert a.tobytes() == b.tobytes()
+    assert bit_identical(a, b)
 
 
 def assert_matches_numpy(opt, params, arrays, state):
@@ -77,20 +76,20 @@ def assert_matches_numpy(opt, params, arrays, state):
         assert int(entry["step"]) == state.raw_steps
 
 
-def snapshot(opt, params):
-    """Copies of everything a failed call must leave unchanged."""
-    return (copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in params],
-            [p.data_ptr() for p in params], copy.deepcopy(
-                [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]))
-
-
-def assert_unchanged(before, opt, params):
-    state_dict, values, pointers, groups = before
-    assert_state_dicts_equal(opt.state_dict(), state_dict)
-    for p, v, ptr in zip(params, values, pointers):
-        assert_bits(p.detach().numpy(), v.numpy())
-        assert p.data_ptr() == ptr
-    assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == groups
+def torch_snapshot(opt, params):
+    """Copies of everything a failed call must leave unchanged, for ``assert_unchanged``: every
+    tensor of ``state_dict()`` (``state[<id>].<key>``) and its ``param_groups``, the parameters'
+    values and storage addresses, and the options of ``param_groups``."""
+    state_dict = opt.state_dict()
+    out = {f"state[{pid}].{key}": value.detach().numpy().copy()
+           for pid, entry in state_dict["state"].items() for key, value in entry.items()}
+    out["state_dict.param_groups"] = copy.deepcopy(state_dict["param_groups"])
+    for k, p in enumerate(params):
+        out[f"param[{k}]"] = p.detach().numpy().copy()
+        out[f"data_ptr[{k}]"] = p.data_ptr()
+    out["param_groups"] = copy.deepcopy(
+        [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
+    return out
 
 
 def assert_state_dicts_equal(a, b):
@@ -297,11 +296,11 @@ def test_zero_grad_sets_none_and_a_step_without_gradients_changes_nothing():
     opt.step()
     opt.zero_grad()
     assert all(p.grad is None for p in params)
-    before = snapshot(opt, params)
+    before = torch_snapshot(opt, params)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt.step()
-    assert_unchanged(before, opt, params)
+    assert_unchanged(before, torch_snapshot(opt, params))
     set_grads(params, gradient_rows(params, 1, missing=())[0])
     opt.zero_grad(set_to_none=False)
     assert all(p.grad is not None and not p.grad.any() for p in params)
@@ -562,7 +561,7 @@ def test_constructor_errors_change_nothing(case):
 def test_add_param_group_errors_change_nothing():
     params = make_params()
     opt = Adamax(params[:2], flat=True)
-    before = snapshot(opt, params)
+    before = torch_snapshot(opt, params)
     for bad, error, pattern in [({"params": params[1:3]}, ValueError, "more than one"),
                                 ({"params": params[2:], "clipnorm": 0.0}, ValueError,
                                  "clipnorm"),
@@ -573,7 +572,7 @@ def test_add_param_group_errors_change_nothing():
         with pytest.raises(error, match=pattern):
             opt.add_param_group(bad)
         assert len(opt.param_groups) == 1 and len(opt.flat_buffers) == 1
-        assert_unchanged(before, opt, params)
+        assert_unchanged(before, torch_snapshot(opt, params))
 
 
 def _trained_two_group_optimizer(**kwargs):
@@ -728,7 +727,7 @@ def test_load_state_dict_errors_change_nothing(case):
     opt, params = _trained_two_group_optimizer()
     bad = build(opt)
     opt.param_groups[0]["lr"] = 0.01  # a pending option change must survive too
-    before = snapshot(opt, params)
+    before = torch_snapshot(opt, params)
     with pytest.raises(error, match=pattern):
         opt.load_state_dict(bad)
-    assert_unchanged(before, opt, params)
+    assert_unchanged(before, torch_snapshot(opt, params))
