@@ -101,8 +101,4 @@ def _size(shape):
 def _shape(shape, i):
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (shape,)
-    if not isinstance(shape, (tuple, list)) or not all(
-            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
-            for d in shape):
-        raise ValueError(f"`shapes[{i}]` must be a tuple of non-negative ints, got {shape!r}.")
-    return tuple(int(d) for d in shape)
+    return check.shape(shape, f"`shapes[{i}]`")

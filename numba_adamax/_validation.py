@@ -1,9 +1,14 @@
-"""Checks on user input: hyperparameters, arrays, ``IndexedSlices``, names and shapes.
+"""Checks on user input: hyperparameters, schedule arguments, arrays, ``IndexedSlices``,
+names and shapes, with one exception policy:
 
-Hyperparameter checks return the normalised value (Python ``float``/``int``) or raise
-``ValueError`` naming the argument and the value. Array checks raise ``TypeError``
-for the wrong kind of object or dtype and ``ValueError`` for a wrong shape, layout or
-count. Nothing here mutates anything; callers run all checks before the first write.
+* a setting (a number, a flag, a name: an optimizer or schedule argument, or the step
+  a schedule is called with) that has the wrong type or an unacceptable value raises
+  ``ValueError`` naming the argument and the value received;
+* an argument that is not the kind of object expected (an array, a sequence, a dict,
+  a stream) or has the wrong dtype raises ``TypeError``; an array of the wrong shape,
+  layout or count raises ``ValueError``.
+
+Setting checks return the normalised value (Python ``float``/``int``/``bool``). Nothing here mutates anything; callers run all checks before the first write.
 The saved-state format is checked by ``_state_dict``, which defines it.
 """
 import math
@@ -66,6 +71,37 @@ def real(name, value, *, low=None, high=None, low_open=False, high_open=False,
         hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
         bounds = " and ".join(part for part in (lo, hi) if part)
         raise ValueError(f"Argument `{name}` must be {bounds}. Received: {name}={value!r}")
+    return x
+
+
+def number(name, value):
+    """A finite real setting (not a bool): an int stays an int (``get_config`` then
+    reports ``decay_steps=3`` as Keras does), anything else becomes a float; else
+    ValueError naming it."""
+    x = _finite_float(value)
+    if x is None:
+        raise ValueError(f"Argument `{name}` must be a finite real number. "
+                         f"Received: {name}={value!r}")
+    return int(value) if is_int(value) else x
+
+
+def real_sequence(name, value):
+    """A list copy of a non-string iterable of settings (its items are checked by the
+    caller); else TypeError."""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"Argument `{name}` must be a list of real numbers. "
+                        f"Received: {name}={value!r} (of type {describe(value)})")
+    return list(value)
+
+
+def schedule_step(step):
+    """The step a schedule is called with: a finite real >= 0 (or a 0-d array of one),
+    as a float; else ValueError."""
+    if getattr(step, "shape", None) == () and hasattr(step, "item"):
+        step = step.item()  # a 0-d array or tensor
+    x = _finite_float(step)
+    if x is None or x < 0:
+        raise ValueError(f"The step must be a finite real number >= 0. Received: step={step!r}")
     return x
 
 

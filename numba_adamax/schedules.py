@@ -11,11 +11,12 @@ follows the order of operations Keras uses, so the values agree with Keras runni
 
 Where Keras would produce ``inf`` or ``nan`` (an overflowing power, a division by zero), so do we:
 the small ``_pow``, ``_div``, ... helpers below follow IEEE-754 instead of raising like
-:mod:`math`. Argument checking is stricter than in Keras: numbers must be finite reals (``bool``
-and ``str`` are refused), ``warmup_steps`` must be >= 0, ``t_mul`` > 0, ``boundaries`` strictly
-increasing and ``name`` a ``str``; steps must be finite reals >= 0. The messages name the argument
-and the value received. A non-positive ``decay_steps`` / ``first_decay_steps`` raises with the
-exact Keras message.
+:mod:`math`. Argument checking is stricter than in Keras and follows the optimizer's rules: numbers
+must be finite reals (``bool`` and ``str`` are refused), ``warmup_steps`` must be >= 0, ``t_mul``
+> 0, ``boundaries`` strictly increasing and ``name`` a non-empty ``str``; steps must be finite
+reals >= 0. A bad setting raises ``ValueError`` naming the argument and the value received; a
+``boundaries`` or ``values`` that is not a sequence raises ``TypeError``. A non-positive
+``decay_steps`` / ``first_decay_steps`` raises with the exact Keras message.
 
 :func:`serialize` and :func:`deserialize` use the Keras layout
 ``{"module": "keras.optimizers.schedules", "class_name": ..., "config": ...,
@@ -26,8 +27,9 @@ from __future__ import annotations
 
 import bisect
 import math
-import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+
+from . import _validation as check
 
 __all__ = [
     "LearningRateSchedule",
@@ -45,88 +47,18 @@ _KERAS_MODULE = "keras.optimizers.schedules"
 
 
 # --------------------------------------------------------------------------------------------
-# Argument checking
+# Argument checking: the package's one policy (``_validation``)
 # --------------------------------------------------------------------------------------------
 
 def _type_name(value):
     return type(value).__name__
 
 
-def _real(name, value):
-    """Return ``value`` as a finite Python ``int`` or ``float``; raise naming ``name`` otherwise.
-
-    Integers (including NumPy integers) stay integers, so that ``get_config`` reports
-    ``decay_steps=3`` as Keras does; every other real number becomes a ``float``.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"Argument `{name}` must be a real number. "
-            f"Received: {name}={value!r} (of type {_type_name(value)})"
-        )
-    try:
-        as_float = float(value)
-    except OverflowError:  # an integer too large for a float64
-        as_float = math.inf
-    if not math.isfinite(as_float):
-        raise ValueError(f"Argument `{name}` must be finite. Received: {name}={value!r}")
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    return as_float
-
-
 def _positive_steps(name, value):
     """A finite real > 0, refused with the Keras message otherwise."""
-    value = _real(name, value)
+    value = check.number(name, value)
     if value <= 0:
         raise ValueError(f"Argument `{name}` must be > 0. Received: {name}={value}")
-    return value
-
-
-def _flag(name, value):
-    """A ``bool`` (a NumPy bool scalar is accepted and converted)."""
-    if isinstance(value, bool):
-        return value
-    kind = type(value)
-    if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):
-        return bool(value)
-    raise TypeError(
-        f"Argument `{name}` must be a bool. "
-        f"Received: {name}={value!r} (of type {_type_name(value)})"
-    )
-
-
-def _name(value):
-    if not isinstance(value, str):
-        raise TypeError(
-            f"Argument `name` must be a str. Received: name={value!r} (of type {_type_name(value)})"
-        )
-    return value
-
-
-def _sequence(name, value):
-    """A list copy of a non-string iterable (its items are checked separately)."""
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-        raise TypeError(
-            f"Argument `{name}` must be a list of real numbers. "
-            f"Received: {name}={value!r} (of type {_type_name(value)})"
-        )
-    return list(value)
-
-
-def _step(step):
-    """Validate the step a schedule is called with and return it as a float."""
-    if getattr(step, "shape", None) == () and hasattr(step, "item"):
-        step = step.item()  # a 0-d array or tensor
-    if isinstance(step, bool) or not isinstance(step, numbers.Real):
-        raise TypeError(
-            f"The step must be a real number. Received: step={step!r} (of type {_type_name(step)})"
-        )
-    try:
-        value = float(step)
-    except OverflowError:
-        value = math.inf
-    if not (0.0 <= value < math.inf):
-        raise ValueError(f"The step must be a finite number >= 0. Received: step={step!r}")
     return value
 
 
@@ -229,15 +161,15 @@ class _StepDecay(LearningRateSchedule):
     """Shared parts of the two schedules driven by ``p = s / decay_steps``."""
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase, name):
-        self.initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
+        self.initial_learning_rate = check.number("initial_learning_rate", initial_learning_rate)
         self.decay_steps = _positive_steps("decay_steps", decay_steps)
-        self.decay_rate = _real("decay_rate", decay_rate)
-        self.staircase = _flag("staircase", staircase)
-        self.name = _name(name)
+        self.decay_rate = check.number("decay_rate", decay_rate)
+        self.staircase = check.boolean("staircase", staircase)
+        self.name = check.name(name)
 
     def _progress(self, step):
         """``s / decay_steps``, rounded down when ``staircase``."""
-        p = _step(step) / self.decay_steps
+        p = check.schedule_step(step) / self.decay_steps
         return _floor(p) if self.staircase else p
 
     def get_config(self):
@@ -283,16 +215,16 @@ class PiecewiseConstantDecay(LearningRateSchedule):
     """
 
     def __init__(self, boundaries, values, name="PiecewiseConstant"):
-        boundaries = _sequence("boundaries", boundaries)
-        values = _sequence("values", values)
+        boundaries = check.real_sequence("boundaries", boundaries)
+        values = check.real_sequence("values", values)
         if len(values) != len(boundaries) + 1:
             raise ValueError(
                 "The length of boundaries should be 1 less than the length of values. "
                 f"Received: boundaries={boundaries} of length {len(boundaries)}, "
                 f"and values={values} of length {len(values)}."
             )
-        boundaries = [_real(f"boundaries[{i}]", b) for i, b in enumerate(boundaries)]
-        values = [_real(f"values[{i}]", v) for i, v in enumerate(values)]
+        boundaries = [check.number(f"boundaries[{i}]", b) for i, b in enumerate(boundaries)]
+        values = [check.number(f"values[{i}]", v) for i, v in enumerate(values)]
         for i in range(1, len(boundaries)):
             if not boundaries[i - 1] < boundaries[i]:
                 raise ValueError(
@@ -300,7 +232,7 @@ class PiecewiseConstantDecay(LearningRateSchedule):
                     f"Received: boundaries={boundaries} "
                     f"(boundaries[{i - 1}]={boundaries[i - 1]} >= boundaries[{i}]={boundaries[i]})"
                 )
-        name = _name(name)
+        name = check.name(name)
         self.boundaries = boundaries
         self.values = values
         self.name = name
@@ -308,7 +240,7 @@ class PiecewiseConstantDecay(LearningRateSchedule):
     def __call__(self, step):
         # bisect_left counts the boundaries strictly below the step: boundaries are inclusive
         # on the right.
-        index = bisect.bisect_left(self.boundaries, _step(step))
+        index = bisect.bisect_left(self.boundaries, check.schedule_step(step))
         return float(self.values[index])
 
     def get_config(self):
@@ -332,12 +264,12 @@ class PolynomialDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, decay_steps, end_learning_rate=0.0001, power=1.0,
                  cycle=False, name="PolynomialDecay"):
-        initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
+        initial_learning_rate = check.number("initial_learning_rate", initial_learning_rate)
         decay_steps = _positive_steps("decay_steps", decay_steps)
-        end_learning_rate = _real("end_learning_rate", end_learning_rate)
-        power = _real("power", power)
-        cycle = _flag("cycle", cycle)
-        name = _name(name)
+        end_learning_rate = check.number("end_learning_rate", end_learning_rate)
+        power = check.number("power", power)
+        cycle = check.boolean("cycle", cycle)
+        name = check.name(name)
         self.initial_learning_rate = initial_learning_rate
         self.decay_steps = decay_steps
         self.end_learning_rate = end_learning_rate
@@ -346,7 +278,7 @@ class PolynomialDecay(LearningRateSchedule):
         self.name = name
 
     def __call__(self, step):
-        s = _step(step)
+        s = check.schedule_step(step)
         horizon = float(self.decay_steps)
         if self.cycle:
             # ceil(s / D), and 1 at s = 0 as in Keras. max() also covers a tiny s > 0 whose
@@ -412,13 +344,13 @@ class CosineDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name="CosineDecay",
                  warmup_target=None, warmup_steps=0):
-        initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
+        initial_learning_rate = check.number("initial_learning_rate", initial_learning_rate)
         decay_steps = _positive_steps("decay_steps", decay_steps)
-        alpha = _real("alpha", alpha)
-        name = _name(name)
+        alpha = check.number("alpha", alpha)
+        name = check.name(name)
         if warmup_target is not None:
-            warmup_target = _real("warmup_target", warmup_target)
-        warmup_steps = _real("warmup_steps", warmup_steps)
+            warmup_target = check.number("warmup_target", warmup_target)
+        warmup_steps = check.number("warmup_steps", warmup_steps)
         if warmup_steps < 0:
             raise ValueError(
                 f"Argument `warmup_steps` must be >= 0. Received: warmup_steps={warmup_steps}"
@@ -436,7 +368,7 @@ class CosineDecay(LearningRateSchedule):
         return decay_from * ((1.0 - self.alpha) * cosine + self.alpha)
 
     def __call__(self, step):
-        s = _step(step)
+        s = check.schedule_step(step)
         start = float(self.initial_learning_rate)
         if self.warmup_target is None:
             return self._cosine(min(s, float(self.decay_steps)), start)
@@ -482,14 +414,14 @@ class CosineDecayRestarts(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0, alpha=0.0,
                  name="SGDRDecay"):
-        initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
+        initial_learning_rate = check.number("initial_learning_rate", initial_learning_rate)
         first_decay_steps = _positive_steps("first_decay_steps", first_decay_steps)
-        t_mul = _real("t_mul", t_mul)
+        t_mul = check.number("t_mul", t_mul)
         if t_mul <= 0:
             raise ValueError(f"Argument `t_mul` must be > 0. Received: t_mul={t_mul}")
-        m_mul = _real("m_mul", m_mul)
-        alpha = _real("alpha", alpha)
-        name = _name(name)
+        m_mul = check.number("m_mul", m_mul)
+        alpha = check.number("alpha", alpha)
+        name = check.name(name)
         self.initial_learning_rate = initial_learning_rate
         self.first_decay_steps = first_decay_steps
         self.t_mul = t_mul
@@ -498,7 +430,7 @@ class CosineDecayRestarts(LearningRateSchedule):
         self.name = name
 
     def __call__(self, step):
-        fraction = _step(step) / self.first_decay_steps
+        fraction = check.schedule_step(step) / self.first_decay_steps
         t_mul = float(self.t_mul)
         if t_mul == 1.0:
             restart = _floor(fraction)

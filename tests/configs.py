@@ -12,7 +12,7 @@ builders below resolve:
 * :class:`Sched` names one of the six schedule classes with its constructor arguments. The
   library gets ``numba_adamax.schedules.<name>(**config)``; the reference gets
   :class:`FormulaSchedule` (tests/schedule_formulas.py), an independent transcription of the
-  spec's formulas (§6), so the schedules themselves are checked too.
+  schedule formulas, so the schedules themselves are checked too.
 * :class:`ClockLR` is a zero-argument callable learning rate ``formula(clock.step)``; the test
   sets ``clock.step`` to the 0-based index of the call in progress (a :class:`Clock`), so the
   library and the reference read the same value however often they call it.
@@ -231,7 +231,7 @@ def make_kwargs(config, clock=None, for_reference=False):
 def build_optimizer(config, clock=None):
     """``numba_adamax.Adamax`` for ``config``, with its weight-decay exclusions.
 
-    ``decay`` must raise exactly one ``DeprecationWarning`` (A4); it is asserted here.
+    ``decay`` must raise exactly one ``DeprecationWarning``; it is asserted here.
     """
     kwargs = make_kwargs(config, clock)
     if config.has_decay:
@@ -257,7 +257,7 @@ def init_state(config, params, names=None, clock=None):
 
 
 def build_reference(config, names, clock=None, dtype=np.float64):
-    """``ReferenceAdamax`` for ``config`` (schedules as spec formulas)."""
+    """``ReferenceAdamax`` for ``config`` (schedules as independent formulas)."""
     kwargs = make_kwargs(config, clock, for_reference=True)
     return ReferenceAdamax(**kwargs, names=list(names), exclude_names=config.exclude_names,
                            dtype=dtype)

@@ -1,11 +1,11 @@
 """A slow, obvious NumPy reference of the Keras 3 Adamax optimizer.
 
 This is the test oracle: every fast path of ``numba_adamax`` is compared with it. It is written
-for readability, never for speed. Section numbers (§...) refer to the project specification
-``adamax_semantics.md`` (A1–A9 = Part A, our decisions; §1–§9 = Part B, Keras 3 as measured).
+for readability, never for speed, in the order of operations of Keras 3's ``apply``, plus the
+library's documented additions (the TF 1.x ``decay`` keyword).
 
 By default everything is computed in float64. ``dtype=np.float32`` instead computes every
-intermediate result in float32, with the Python scalars cast the way Keras casts them (§1), so that
+intermediate result in float32, with the Python scalars cast the way Keras casts them, so that
 float32 trajectories recorded from Keras can be replayed with Keras' rounding.
 
 It deliberately does not import ``numba_adamax``: learning-rate schedules are recognised by duck
@@ -21,19 +21,19 @@ __all__ = ["ReferenceAdamax", "is_schedule"]
 
 
 def is_schedule(learning_rate):
-    """A schedule is any object with ``get_config``; it is called as ``schedule(step)`` (§2.5)."""
+    """A schedule is any object with ``get_config``; it is called as ``schedule(step)``."""
     return hasattr(learning_rate, "get_config") and callable(learning_rate)
 
 
 class ReferenceAdamax:
-    """Keras 3 ``Adamax`` (plus the TF1 ``decay`` keyword of A4), on NumPy arrays.
+    """Keras 3 ``Adamax`` (plus the TF 1.x ``decay`` keyword), on NumPy arrays.
 
     ``apply(grads, variables)`` updates ``variables`` (NumPy arrays) in place. Slots are public
     lists of arrays: ``m`` (first moment), ``u`` (infinity norm), ``ema`` (EMA averages, only with
     ``use_ema``) and ``acc`` (gradient accumulators, only with ``gradient_accumulation_steps``).
     ``raw`` counts the calls to ``apply`` that did not return early.
 
-    No argument validation is done here (the library validates, A5): this class just computes.
+    No argument validation is done here (the library validates): this class just computes.
     """
 
     def __init__(
@@ -87,21 +87,21 @@ class ReferenceAdamax:
 
     @property
     def gas(self):
-        """Gradient-accumulation steps, or 0 when off (0 and None both mean off, §2.1)."""
+        """Gradient-accumulation steps, or 0 when off (0 and None both mean off)."""
         return self.gradient_accumulation_steps or 0
 
     @property
     def iterations(self):
-        """`raw` without accumulation, `floor(raw / gas)` with it (§1 step 3, §2.1)."""
+        """`raw` without accumulation, `floor(raw / gas)` with it."""
         if self.gas:
             return self.raw // self.gas
         return self.raw
 
     def lr_value(self):
-        """The learning rate the next `apply` will use (§2.5, A4), as a Python float.
+        """The learning rate the next `apply` will use, as a Python float.
 
         A schedule gets the raw counter; a zero-argument callable is just called; then the TF1
-        inverse-time `decay` of A4 divides by (1 + decay * raw).
+        inverse-time `decay` divides by (1 + decay * raw).
         """
         if is_schedule(self.learning_rate):
             lr = float(self.learning_rate(self.raw))
@@ -114,7 +114,7 @@ class ReferenceAdamax:
         return lr
 
     def exclude_from_weight_decay(self, var_names=None, var_indices=None):
-        """Replace the exclusions (§2.3: a later call replaces the earlier one)."""
+        """Replace the exclusions (a later call replaces the earlier one)."""
         self.exclude_names = list(var_names or [])
         self.exclude_indices = list(var_indices or [])
 
@@ -125,7 +125,7 @@ class ReferenceAdamax:
         return self.dtype.type(x)
 
     def _is_excluded(self, j):
-        """§2.3: one regex `'|'.join(set(names))` searched in the variable's name."""
+        """One regex `'|'.join(set(names))` searched in the variable's name."""
         if j in self.exclude_indices:
             return True
         if not self.exclude_names:
@@ -136,7 +136,7 @@ class ReferenceAdamax:
         return pattern.search(self.names[j]) is not None
 
     def _build(self, variables):
-        """§2 step 2: zero slots shaped like each variable (EMA, accumulators, then m/u)."""
+        """Zero slots shaped like each variable (EMA, accumulators, then m/u)."""
         zeros = [np.zeros(np.shape(v), dtype=self.dtype) for v in variables]
         if self.use_ema:
             self.ema = [z.copy() for z in zeros]
@@ -149,21 +149,21 @@ class ReferenceAdamax:
     # ------------------------------------------------------------------ the algorithm
 
     def apply(self, grads, variables):
-        """One optimizer step, in the exact order of §2."""
-        # §2 step 1: an empty gradient list returns at once (nothing built, no counter change).
+        """One optimizer step, in the exact order of Keras' ``apply``."""
+        # an empty gradient list returns at once (nothing built, no counter change).
         if len(grads) == 0:
             return
         if len(grads) != len(variables):
             raise ValueError("grads and variables must have the same length")
 
-        # §2 step 2: the first call builds the slots.
+        # the first call builds the slots.
         if not self.built:
             self._build(variables)
 
         # Work on copies in the compute dtype; results are written back at the end.
         w = [np.array(v, dtype=self.dtype) for v in variables]
 
-        # §2 step 3: drop None gradients; all None is an error (already built, counter unchanged).
+        # drop None gradients; all None is an error (already built, counter unchanged).
         active = [j for j, g in enumerate(grads) if g is not None]
         if not active:
             raise ValueError("No gradients provided for any variable.")
@@ -172,15 +172,15 @@ class ReferenceAdamax:
             warnings.warn(f"Gradients do not exist for variables {missing}", stacklevel=2)
         g = {j: np.array(grads[j], dtype=self.dtype) for j in active}
 
-        # §2.5: the learning rate is read once per apply (weight decay uses the same value).
+        # the learning rate is read once per apply (weight decay uses the same value).
         lr = self._scalar(self.lr_value())
 
-        # §2 step 5: loss-scale unscaling, before accumulation.
+        # loss-scale unscaling, before accumulation.
         if self.loss_scale_factor is not None:
             for j in active:
                 g[j] = g[j] / self._scalar(self.loss_scale_factor)
 
-        # §2.1: gradient accumulation decides whether this call updates at all.
+        # gradient accumulation decides whether this call updates at all.
         if self.gas:
             is_update_step = (self.raw + 1) % self.gas == 0
             if is_update_step:
@@ -196,22 +196,22 @@ class ReferenceAdamax:
             is_update_step = True
 
         if is_update_step:
-            g = self._clip(g)  # §2.2
-            self._weight_decay(w, active, lr)  # §2.3
-            for j in active:  # §1
+            g = self._clip(g)
+            self._weight_decay(w, active, lr)
+            for j in active:
                 self._adamax_update(j, g[j], w, lr)
 
-        # §2.4: EMA of all variables, then the optional overwrite.
+        # EMA of all variables, then the optional overwrite.
         if self.use_ema:
             self._update_ema(w)
 
-        # Write the results back into the caller's arrays, then count the call (§2 step 8).
+        # Write the results back into the caller's arrays, then count the call.
         for v, new in zip(variables, w):
             v[...] = new
         self.raw += 1
 
     def _clip(self, g):
-        """§2.2: the first positive setting among clipnorm, global_clipnorm, clipvalue wins."""
+        """The first positive setting among clipnorm, global_clipnorm, clipvalue wins."""
         if self.clipnorm and self.clipnorm > 0:
             # Per variable: g * c / max(||g||, c); applied even when ||g|| <= c.
             c = self._scalar(self.clipnorm)
@@ -234,7 +234,7 @@ class ReferenceAdamax:
         return g
 
     def _weight_decay(self, w, active, lr):
-        """§2.3: decoupled decay w -= w * wd * lr, for the non-excluded variables of this call."""
+        """Decoupled decay w -= w * wd * lr, for the non-excluded variables of this call."""
         if self.weight_decay is None:
             return
         wd = self._scalar(self.weight_decay)
@@ -243,8 +243,8 @@ class ReferenceAdamax:
                 w[j] = w[j] - w[j] * wd * lr
 
     def _adamax_update(self, j, g, w, lr):
-        """§1: the Keras 3 update rule, in Keras' operation order."""
-        t = self._scalar(self.iterations + 1)  # 1-based number of the *update* (§2.1)
+        """The Keras 3 update rule, in Keras' operation order."""
+        t = self._scalar(self.iterations + 1)  # 1-based number of the *update*
         beta_1_power = self._scalar(self.beta_1) ** t  # recomputed every step, no running product
         one_minus_beta_1 = self._scalar(1 - self.beta_1)  # computed in Python, then rounded
         beta_2 = self._scalar(self.beta_2)
@@ -252,16 +252,16 @@ class ReferenceAdamax:
 
         # m += (g - m) * (1 - beta_1)
         self.m[j] = self.m[j] + (g - self.m[j]) * one_minus_beta_1
-        # u = max(beta_2 * u, |g|), NaN-propagating (A2)
+        # u = max(beta_2 * u, |g|), NaN-propagating
         self.u[j] = np.maximum(beta_2 * self.u[j], np.abs(g))
         # w -= (lr * m) / ((1 - beta_1^t) * (u + epsilon)), with the new m and u;
-        # epsilon = 0 gives NaN where u == 0, as in Keras (A2).
+        # epsilon = 0 gives NaN where u == 0, as in Keras.
         with np.errstate(divide="ignore", invalid="ignore"):
             step = (lr * self.m[j]) / ((self._scalar(1) - beta_1_power) * (self.u[j] + epsilon))
         w[j] = w[j] - step
 
     def _update_ema(self, w):
-        """§2.4: avg = mom * avg + (1 - mom) * w for every variable; mom = 0 on the first update."""
+        """avg = mom * avg + (1 - mom) * w for every variable; mom = 0 on the first update."""
         k = self.iterations  # read before the counter moves
         momentum = self._scalar(0 if k == 0 else self.ema_momentum)
         one_minus_momentum = self._scalar(1) - momentum
@@ -274,7 +274,7 @@ class ReferenceAdamax:
                 w[j] = self.ema[j].copy()
 
     def finalize(self, variables):
-        """`finalize_variable_values`: copy the EMA averages into the variables (§2.4)."""
+        """`finalize_variable_values`: copy the EMA averages into the variables."""
         if not self.use_ema:
             return
         if len(variables) != len(self.ema):

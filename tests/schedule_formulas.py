@@ -1,9 +1,8 @@
 """The Keras learning-rate schedules as plain float64 formulas: the oracle of the schedule tests.
 
-Written from the formulas of the specification (§6 of ``adamax_semantics.md``), deliberately in
-a different style from ``numba_adamax.schedules`` (plain branches, ``**``, a walk over the
-restart periods instead of a logarithm), so that a slip in one is unlikely to be repeated in the
-other. This module never imports ``numba_adamax``.
+Written from Keras 3's formulas for its six schedules, deliberately in a different style from
+``numba_adamax.schedules`` (plain branches, ``**``, a walk over the restart periods instead of a
+logarithm), so that a slip in one is unlikely to be repeated in the other. This module never imports ``numba_adamax``.
 
 * One function per schedule class, ``formula(step, **constructor_kwargs)``, with the argument
   names and defaults of the Keras constructor (``name`` excepted).
@@ -78,7 +77,7 @@ def cosine_decay_restarts(step, initial_learning_rate, first_decay_steps, t_mul=
                           alpha=0.0):
     """Walk the periods one by one. With ``t_mul < 1`` the periods add up to
     ``first_decay_steps / (1 - t_mul)``; from there on the value is NaN, as in Keras.
-    ``alpha`` is not multiplied by ``m_mul ** restart`` (§6.6)."""
+    ``alpha`` is not multiplied by ``m_mul ** restart``."""
     if t_mul < 1 and step >= first_decay_steps / (1 - t_mul):
         return math.nan
     restart, start, length = 0, 0.0, first_decay_steps

@@ -1,4 +1,4 @@
-"""A slow, obvious NumPy reference of lazy sparse Adamax (spec A3, Part B §8).
+"""A slow, obvious NumPy reference of lazy sparse Adamax.
 
 ``LazySparseReference`` is ``ReferenceAdamax`` (the Keras 3 algorithm) with one more kind of
 gradient: an object with ``values`` and ``indices`` (``numba_adamax.IndexedSlices`` or the

@@ -1,9 +1,10 @@
 """The optimizer's surface, apart from numerics: state layout, slots, weights, config, counters,
 learning-rate reporting, exclusions, None gradients, the functional API and import cost.
 
-Spec: Part A (A4 constructor and deprecated keywords, A6 exact float learning rate, A8 names,
-A9 state surface) and Part B §2 (apply order, None gradients, accumulation counters), §2.3 (weight
-decay exclusions), §2.4 (EMA, finalize), §2.5 (learning rate), §2.6 (scale_loss), §4 (config).
+Covered: the constructor and deprecated keywords, the exact float learning rate, names, the
+state surface (``variables``, slots, weights), the order of ``apply``, None gradients and
+accumulation counters, weight-decay exclusions, the EMA and ``finalize_variable_values``, the
+learning rate, ``scale_loss`` and the config.
 Trajectories are compared bit for bit between two runs of this library, never with a tolerance.
 """
 import json
@@ -54,7 +55,7 @@ SCHEDULES = {
 }
 
 
-# ===================================================================== variables and slots (A9)
+# ===================================================================== variables and slots
 
 SLOT_CONFIGS = {
     "plain": (dict(), ["m", "u"]),
@@ -81,7 +82,7 @@ def test_get_slot_names_per_config(config):
 
 @pytest.mark.parametrize("config", SLOT_CONFIGS, ids=list(SLOT_CONFIGS))
 def test_variables_order(config):
-    """[counter, ema..., accumulators..., m0, u0, m1, u1, ...] (A9, Keras order)."""
+    """[counter, ema..., accumulators..., m0, u0, m1, u1, ...] (Keras order)."""
     kwargs, names = SLOT_CONFIGS[config]
     opt = Adamax(**kwargs)
     assert len(opt.variables) == 1 and same(opt.variables[0], np.array(0, np.int64))
@@ -174,7 +175,7 @@ def test_get_slot_by_dict_key():
     assert opt.get_slot("dense/kernel", "u").shape == a.shape
 
 
-# ============================================================================ weights (A9)
+# ============================================================================ weights
 
 def test_get_weights_returns_copies():
     vs = make_variables()
@@ -240,7 +241,7 @@ def test_set_weights_accepts_a_plain_int_counter_and_array_likes():
     assert same(opt.get_slot(vs[0], "m"), np.arange(1.0, 7.0).reshape(2, 3))
 
 
-# ============================================================================ config (§4, A6)
+# ============================================================================ config
 
 def test_get_config_has_exactly_the_keras_keys_in_order():
     assert list(Adamax().get_config()) == KERAS_CONFIG_KEYS
@@ -255,7 +256,7 @@ def test_get_config_values_are_verbatim():
                   gradient_accumulation_steps=3, name="opt_a")
     config = Adamax(**kwargs).get_config()
     assert config == kwargs
-    assert config["learning_rate"] == 0.1  # A6: exact, not float32-rounded (0.10000000149...)
+    assert config["learning_rate"] == 0.1  # exact, not float32-rounded (0.10000000149...)
     assert Adamax().get_config()["name"] == "adamax"
 
 
@@ -338,7 +339,7 @@ def test_from_config_does_not_share_state():
     assert opt.beta_1 == 0.9
 
 
-# ===================================================================== counters (§2.1, §2.6)
+# ===================================================================== counters
 
 @pytest.mark.parametrize("gas", [None, 2, 3])
 def test_iterations_and_apply_gradients_return_value(gas):
@@ -360,7 +361,7 @@ def test_accumulation_updates_only_on_every_gas_th_call():
     assert changed == [False, False, True, False, False, True]
 
 
-# ========================================================================= learning rate (§2.5)
+# ========================================================================= learning rate
 
 def test_learning_rate_getter_float_and_setter():
     opt = Adamax(learning_rate=0.1)
@@ -490,7 +491,7 @@ def test_finalize_variable_values_length_mismatch():
         opt.finalize_variable_values(vs[:1])
 
 
-# ======================================================= exclude_from_weight_decay (§2.3)
+# ======================================================= exclude_from_weight_decay
 
 NAMES = ["dense/kernel", "dense/bias", "bias_scale", "embedding"]
 
@@ -582,7 +583,7 @@ def test_exclude_with_dict_names_and_functional_init():
     assert same(a, c) and same(b, d)
 
 
-# ====================================================================== None gradients (§2)
+# ====================================================================== None gradients
 
 def test_none_gradient_warns_and_skips_its_variable():
     vs = make_variables()
@@ -818,7 +819,7 @@ def test_warmup_rejects_unsupported_dtypes():
         na.warmup(dtypes=("float16",))
 
 
-# ================================================================ deprecated keywords (A4)
+# ================================================================ deprecated keywords
 
 def test_lr_keyword_warns_and_is_an_alias():
     with pytest.warns(DeprecationWarning, match="`lr`"):

@@ -18,15 +18,13 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     [str(ROOT), str(ASV_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
 
 sys.path.insert(0, str(ASV_DIR))
-from benchmarks import bench_compile, bench_many, bench_step, common  # noqa: E402
+from benchmarks import bench_compile, bench_many, bench_sparse, bench_step, common  # noqa: E402
 
 
 def _cuda_available():
-    try:
-        from numba import cuda
-    except ImportError:
-        return False
-    return cuda.is_available()
+    """Whether a GPU can be timed here (the suite's ``require``: not the CUDA simulator)."""
+    from numba_adamax.benchmark import gpu_unavailable_reason
+    return gpu_unavailable_reason() is None
 
 
 def test_asv_check_accepts_the_suite():
@@ -35,6 +33,17 @@ def test_asv_check_accepts_the_suite():
                           cwd=ASV_DIR, capture_output=True, text=True, timeout=300, env=ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "No problems found" in proc.stdout
+
+
+def test_feature_sets_are_the_benchmark_variants():
+    from numba_adamax.benchmark import VARIANTS
+    assert sorted(common.FEATURES) == sorted(VARIANTS)
+
+
+def test_suite_imports_no_private_module_of_the_package():
+    for path in sorted((ASV_DIR / "benchmarks").glob("*.py")):
+        text = path.read_text()
+        assert "numba_adamax._" not in text and "from numba_adamax import _" not in text, path
 
 
 @pytest.mark.parametrize("feature", list(common.FEATURES))
@@ -59,14 +68,44 @@ def test_many_tensors_setup_and_body_update_every_tensor(path):
     assert all(not np.array_equal(a, b) for a, b in zip(arrays, before))
 
 
-def test_cuda_half_is_skipped_exactly_when_there_is_no_gpu():
-    cases = [(bench_step.TimeDenseStep(), (1000, "float32", "plain", "cuda")),
-             (bench_step.TimeLargeDenseStep(), (10_000_000, "cuda")),
-             (bench_many.TimeManyTensors(), ("list", "cuda"))]
-    for bench, params in cases:
+@pytest.fixture
+def small_embedding(monkeypatch):
+    """bench_sparse on a table of 5000 rows of 8 and batches of 512 indices."""
+    monkeypatch.setattr(bench_sparse, "ROWS", 5000)
+    monkeypatch.setattr(bench_sparse, "DIM", 8)
+    monkeypatch.setattr(bench_sparse, "BATCH", 512)
+
+
+@pytest.mark.parametrize("zipf_a", bench_sparse.ZIPF_EXPONENTS)
+def test_sparse_setup_and_bodies_update_the_touched_rows(small_embedding, zipf_a):
+    bench = bench_sparse.TimeEmbeddingSparse()
+    bench.setup(zipf_a, "cpu")
+    rows = np.unique(bench.slices.indices)
+    assert 1 < rows.size < bench_sparse.BATCH  # repeated indices
+    before = bench.table.copy()
+    bench.time_sparse_step(zipf_a, "cpu")
+    bench.time_deduplicate(zipf_a, "cpu")
+    changed = np.flatnonzero((bench.table != before).any(axis=1))
+    np.testing.assert_array_equal(changed, rows)
+    assert bench.opt.iterations == 2  # the warm-up step and the timed one
+    dense = bench_sparse.TimeEmbeddingDense()
+    dense.setup("cpu")
+    before = dense.table.copy()
+    dense.time_dense_step("cpu")
+    assert (dense.table != before).all(axis=1).all() and dense.opt.iterations == 2
+
+
+def test_cuda_half_is_skipped_exactly_when_there_is_no_gpu(small_embedding):
+    cases = [(bench_step.TimeDenseStep(), (1000, "float32", "plain", "cuda"), "time_step"),
+             (bench_step.TimeLargeDenseStep(), (10_000_000, "cuda"), "time_step"),
+             (bench_many.TimeManyTensors(), ("list", "cuda"), "time_step"),
+             (bench_sparse.TimeEmbeddingSparse(), (1.1, "cuda"), "time_sparse_step"),
+             (bench_sparse.TimeEmbeddingSparse(), (1.1, "cuda"), "time_deduplicate"),
+             (bench_sparse.TimeEmbeddingDense(), ("cuda",), "time_dense_step")]
+    for bench, params, body in cases:
         if _cuda_available():
             bench.setup(*params)
-            bench.time_step(*params)
+            getattr(bench, body)(*params)
         else:
             with pytest.raises(NotImplementedError, match="CUDA|cuda"):
                 bench.setup(*params)

@@ -1,5 +1,8 @@
-"""``python -m numba_adamax.benchmark``: a small run and its JSON, the timing loop's
-step count, and that importing the package leaves the benchmark alone."""
+"""The benchmark subpackage: a small run of ``python -m numba_adamax.benchmark`` and its
+JSON, the timing loop's step count, the GPU, nonfinite and NumPy commands, and that
+the package proper never imports the subpackage."""
+import ast
+import importlib
 import importlib.util
 import json
 import os
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 
 from numba_adamax import benchmark
-from numba_adamax._contenders import VARIANTS, mixed_shapes
+from numba_adamax.benchmark import VARIANTS, mixed_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -109,10 +112,96 @@ def test_mixed_shapes_are_many_small_tensors_of_the_requested_total():
 
 def test_importing_the_package_does_not_import_the_benchmark():
     code = ("import sys, numba_adamax; "
-            "print(sorted(m for m in sys.modules if m.startswith('numba_adamax.')"
-            " and m.rsplit('.', 1)[1] in ('benchmark', '_contenders', '_roofline')"
+            "print(sorted(m for m in sys.modules if m == 'numba_adamax.benchmark'"
+            " or m.startswith('numba_adamax.benchmark.')"
             " or m in ('torch', 'jax', 'optax')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=ENV, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def _imported_modules(path):
+    """The absolute names of the modules the package's source file ``path`` imports,
+    at the top or inside functions."""
+    package = path.relative_to(ROOT).with_suffix("").parts[:-1]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parent = package[:len(package) - node.level + 1] if node.level else ()
+            base = ".".join(parent + ((node.module,) if node.module else ()))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_no_runtime_module_imports_the_benchmark():
+    package_dir = ROOT / "numba_adamax"
+    runtime = [path for path in package_dir.rglob("*.py")
+               if "benchmark" not in path.relative_to(package_dir).parts]
+    assert len(runtime) > 10 and package_dir / "_apply.py" in runtime
+    # the check resolves relative imports: it sees the subpackage's own
+    assert "numba_adamax.benchmark.runner" in _imported_modules(
+        package_dir / "benchmark" / "__main__.py")
+    for path in runtime:
+        assert not {m for m in _imported_modules(path) if m == "numba_adamax.benchmark"
+                    or m.startswith("numba_adamax.benchmark.")}, path
+
+
+def test_benchmark_numpy_baseline_matches_library():
+    bench = importlib.import_module("numba_adamax.benchmark.numpy")
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(1000).astype(np.float32)
+    g = rng.standard_normal(1000).astype(np.float32)
+    w_np = w.copy()
+    import numba_adamax as na
+    opt = na.Adamax(learning_rate=1e-3)
+    baseline = bench.NumpyAdamax(w_np, 1e-3)
+    for _ in range(5):
+        opt.apply([g], [w])
+        baseline.step(w_np, g)
+    np.testing.assert_allclose(w, w_np, rtol=1e-6)
+    ours, theirs = bench.compare(2000, repeats=3)
+    assert ours > 0 and theirs > 0
+
+
+def test_benchmark_nonfinite_runs_every_policy():
+    times = importlib.import_module("numba_adamax.benchmark.nonfinite").compare(2000, repeats=3)
+    assert sorted(times) == ["propagate", "raise", "skip"]
+    assert all(t > 0 for t in times.values())
+
+
+@pytest.mark.parametrize("module, args, header", [
+    ("numpy", ["--sizes", "1e3"], "speed-up"),
+    ("nonfinite", ["--sizes", "1e3", "--clipnorm", "1.0"], "overhead")])
+def test_benchmark_commands_print_their_table(module, args, header):
+    proc = subprocess.run([sys.executable, "-m", f"numba_adamax.benchmark.{module}", *args],
+                          capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert header in lines[0] and len(lines) == 2
+    assert lines[1].split()[0] == "1000"
+
+
+def test_gpu_benchmark_without_a_gpu_exits_cleanly():
+    proc = subprocess.run([sys.executable, "-m", "numba_adamax.benchmark.gpu"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**ENV, "NUMBA_DISABLE_CUDA": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "Skipping the GPU benchmark" in proc.stdout
+
+
+def test_deduplication_contender_sums_repeated_rows():
+    from numba_adamax.benchmark import embedding_batch
+    from numba_adamax.benchmark.contenders import deduplication
+
+    import numba_adamax as na
+    _, indices, values = embedding_batch(1.5, rows=50, dim=3, batch=40)
+    table = np.zeros((50, 3), values.dtype)
+    result = deduplication(na.IndexedSlices(values, indices, dense_shape=(50, 3)), table)()
+    rows, summed = result.rows, result.values.reshape(len(result.rows), 3)
+    assert list(rows) == list(dict.fromkeys(indices.tolist()))  # first appearance order
+    for row, total in zip(rows, summed):
+        np.testing.assert_allclose(total, values[indices == row].sum(axis=0), rtol=1e-6)

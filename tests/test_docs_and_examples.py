@@ -138,29 +138,6 @@ def test_embeddings_sparse_script_exit_code():
     assert "held-out pair accuracy after 20 steps" in proc.stdout
 
 
-def test_benchmark_numpy_baseline_matches_library():
-    bench = _load_example("benchmark_numpy")
-    rng = np.random.default_rng(3)
-    w = rng.standard_normal(1000).astype(np.float32)
-    g = rng.standard_normal(1000).astype(np.float32)
-    w_np = w.copy()
-    import numba_adamax as na
-    opt = na.Adamax(learning_rate=1e-3)
-    baseline = bench.NumpyAdamax(w_np, 1e-3)
-    for _ in range(5):
-        opt.apply([g], [w])
-        baseline.step(w_np, g)
-    np.testing.assert_allclose(w, w_np, rtol=1e-6)
-    ours, theirs = bench.compare(2000, repeats=3)
-    assert ours > 0 and theirs > 0
-
-
-def test_benchmark_nonfinite_runs_every_policy():
-    times = _load_example("benchmark_nonfinite").compare(2000, repeats=3)
-    assert sorted(times) == ["propagate", "raise", "skip"]
-    assert all(t > 0 for t in times.values())
-
-
 def test_custom_loop_functional_learns():
     result = _load_example("custom_loop_functional").main(steps=200, accumulation=4)
     assert result["ok"]
@@ -223,10 +200,3 @@ def test_gpu_example_learns_under_the_cuda_simulator():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["backend"] == "numba.cuda"
     assert result["final_loss"] < 0.1 * result["first_loss"]
-
-
-@slow
-def test_gpu_benchmark_without_a_gpu_exits_cleanly():
-    proc = run_python([ROOT / "examples" / "benchmark_gpu.py"], env={"NUMBA_DISABLE_CUDA": "1"})
-    assert proc.returncode == 0, proc.stderr
-    assert "Skipping the GPU benchmark" in proc.stdout

@@ -1,6 +1,6 @@
 """Every way to misuse ``numba_adamax`` raises, names the culprit, and changes nothing.
 
-Three tables (spec Part A, A4-A9, and §3):
+Three tables:
 
 * ``ERROR_CASES``: constructor keyword arguments -> exception type and a message regex that
   names the argument (and, for the messages we share with Keras, the exact Keras text).
@@ -12,7 +12,7 @@ Three tables (spec Part A, A4-A9, and §3):
   and the counters are bit-identical before and after, and a failed first call leaves the
   optimizer unbuilt.
 
-A5 makes us stricter than Keras: ``test_keras_recorded_*`` replays Keras' recorded constructor
+Validation is stricter than Keras': ``test_keras_recorded_*`` replays Keras' recorded constructor
 checks (``tests/data/keras_vectors.json``) and asserts the shared messages are identical and the
 values Keras silently accepts are refused here.
 """
@@ -40,7 +40,7 @@ KERAS_LR_MESSAGE = (
 
 
 def clip_message(clipnorm, clipvalue, global_clipnorm):
-    """Keras' clip-exclusivity message (spec §2.2), values substituted with ``str``."""
+    """Keras' clip-exclusivity message, values substituted with ``str``."""
     return ("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
             f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
             f"global_clipnorm={global_clipnorm}")
@@ -207,7 +207,7 @@ ACCEPTED = [
 
 @pytest.mark.parametrize("kwargs", ACCEPTED, ids=lambda kw: ",".join(map(str, kw.items())))
 def test_constructor_accepts_valid_edges(kwargs):
-    """Validation is strict but not stricter than A5 says."""
+    """Validation is strict, but accepts every value the documented rules allow."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt = na.Adamax(**kwargs)
@@ -226,17 +226,17 @@ def test_constructor_accepts_valid_edges(kwargs):
 
 KERAS_CHECKS = load_keras_json()["constructor_checks"]
 
-# Recorded Keras errors whose message we reproduce verbatim (the arguments we share, A5).
+# Recorded Keras errors whose message we reproduce verbatim (the arguments we share).
 SHARED_MESSAGE = "shared"
-# Recorded Keras errors we treat differently on purpose (A4/A5), with what we do instead.
+# Recorded Keras errors we treat differently on purpose, with what we do instead.
 DIFFERENT = {
-    # A5: clip values must be > 0, so clipnorm=0.0 is refused before the exclusivity test.
+    # clip values must be > 0, so clipnorm=0.0 is refused before the exclusivity test.
     "{'clipnorm': 0.0, 'clipvalue': 0.5}": ("raises", ValueError, r"`clipnorm`"),
-    # A4: `lr` is a deprecated alias, not an unknown argument.
+    # `lr` is a deprecated alias, not an unknown argument.
     "{'lr': 0.1}": ("accepts", DeprecationWarning, None),
-    # A4: unknown keywords raise TypeError naming them (Keras: ValueError).
+    # unknown keywords raise TypeError naming them (Keras: ValueError).
     "{'foo': 1}": ("raises", TypeError, r"\bfoo\b"),
-    # A5: ints are accepted as learning rates.
+    # ints are accepted as learning rates.
     "{'learning_rate': 1}": ("accepts", None, None),
 }
 
@@ -284,9 +284,9 @@ def test_keras_recorded_errors_are_all_classified():
 
 @pytest.mark.parametrize("entry", KERAS_CHECKS["accepted"], ids=_recorded_id)
 def test_keras_recorded_acceptances_we_refuse(entry):
-    """A5: Keras silently accepts these; we raise ValueError naming the (first) bad argument."""
+    """Keras silently accepts these; we raise ValueError naming the (first) bad argument."""
     kwargs = entry["kwargs"]
-    if kwargs == {"decay": 0.1}:  # A4: decay is supported, with a DeprecationWarning
+    if kwargs == {"decay": 0.1}:  # decay is supported, with a DeprecationWarning
         with pytest.warns(DeprecationWarning, match="decay"):
             opt = na.Adamax(**kwargs)
         assert opt.decay == 0.1
@@ -496,7 +496,7 @@ SETTER_CASES = [
     *[c for v in (-1.0, NAN, True) for c in _setter("decay", v, ValueError, named("decay"))],
     *[c for v in ("", 3, None) for c in _setter("name", v, ValueError, named("name"))],
     *[c for v in ("nan", None, 0) for c in _setter("nonfinite", v, ValueError, named("nonfinite"))],
-    # learning_rate setter (spec §2.5): numbers validated; a number on a schedule/callable lr
+    # learning_rate setter: numbers validated; a number on a schedule/callable lr
     # is a TypeError
     *[c for v in (-0.5, -1, NAN, INF)
       for c in _setter("learning_rate", v, ValueError, named("learning_rate"))],
@@ -865,7 +865,7 @@ INPUT_CASES = [
     InputCase("finalize-not-sequence",
               lambda e: (e.opt.finalize_variable_values, np.zeros((2, 3))),
               TypeError, r"`variables` must be a list", ("built",)),
-    # spec §2.4 / A1: with use_ema, a length mismatch is a ValueError -- also before any build
+    # with use_ema, a length mismatch is a ValueError -- also before any build
     # (Keras compares with its zero EMA averages and raises).
     InputCase("finalize-unbuilt-ema",
               lambda e: (e.opt.finalize_variable_values, [np.zeros((2, 3)), np.zeros(4, np.float32)]),
@@ -984,7 +984,7 @@ def _pair_whose_set_order_differs():
 
 @pytest.mark.parametrize("built", [False, True], ids=["unbuilt", "built"])
 def test_exclude_from_weight_decay_validates_the_regex_it_uses(built):
-    """The names are joined as ``"|".join(set(var_names))`` (spec §2.3). Whatever order that gives,
+    """The names are joined as ``"|".join(set(var_names))``. Whatever order that gives,
     a call must either be refused at once with ValueError (changing nothing), or be accepted and
     then work: an accepted exclusion must never make later calls fail."""
     names = _pair_whose_set_order_differs()

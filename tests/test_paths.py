@@ -4,13 +4,13 @@ For every entry of ``configs.CONFIGS`` the library runs several calls (enough to
 accumulation window and EMA-overwrite period) on odd shapes, a zero-size variable and a ~1000
 element one, with None gradients on some calls, and is compared with ``ReferenceAdamax`` after
 every call on the parameters, every slot (m, u, EMA averages, accumulators), both counters and
-the learning rate. Schedules reach the reference as the spec's formulas
+the learning rate. Schedules reach the reference as independent formulas
 (schedule_formulas.FormulaSchedule), so the library's schedule classes are checked as well.
 
 Parity tests (bit for bit): serial vs parallel loops, the class vs the functional API, list vs
 dict vs ``apply_gradients``, and a mixed float32/float64 optimizer vs one optimizer per dtype.
 Then: a Hypothesis property test over random shapes/dtypes/hyperparameters, a no-recompilation
-test, and NaN/inf semantics (A2).
+test, and NaN/inf semantics.
 """
 
 import json
@@ -242,9 +242,9 @@ def test_mixed_float32_and_float64_variables(name):
     ref = run_reference(config, init, grads)
     tolerances = [tolerance(dt) for dt in MIXED_DTYPES]
     if "global_clipnorm" in config.kwargs:
-        # The global norm is taken over the effective gradients in their own dtypes (§2.2:
-        # promoted for the sum, but a float32 gradient's unscaled / accumulated mean is
-        # float32), so float32 rounding reaches the float64 variables' scale; the float64
+        # The global norm is taken over the effective gradients in their own dtypes (promoted
+        # for the sum, but a float32 gradient's unscaled / accumulated mean is float32), so
+        # float32 rounding reaches the float64 variables' scale; the float64
         # reference, which upcasts first, cannot see it. Bound: float32 rounding of the scale.
         tolerances = [dict(rtol=1e-6, atol=1e-9) if dt is np.float64 else F32_TOL
                       for dt in MIXED_DTYPES]
@@ -435,7 +435,7 @@ def test_one_signature_per_dtype_in_a_fresh_process(kwargs):
         assert sorted(sigs["chunk_sums_of_squares"]) == ["float32", "float64"]
 
 
-# --------------------------------------------------------------------------- NaN and inf (A2)
+# --------------------------------------------------------------------------- NaN and inf
 
 
 def _run_pair(kwargs, init, grads, names=None):

@@ -1,4 +1,4 @@
-"""Sparse gradients (``IndexedSlices``): the lazy TF 1.x path of spec A3 / Part B §8.
+"""Sparse gradients (``IndexedSlices``): the lazy TF 1.x path.
 
 * the recorded legacy-TF trajectories (tests/data/tf_sparse_vectors.*), through the class and the
   functional API;

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 
-from .common import FEATURES
+from .common import feature_set
 
 _CHILD = """
 import json, sys, time
@@ -33,7 +33,8 @@ print(json.dumps({"import": imported - start, "first_step": done - imported}))
 def run_child(cache_dir, feature):
     """Run ``_CHILD`` with ``NUMBA_CACHE_DIR=cache_dir``; returns its timings."""
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(FEATURES[feature])],
+    options, _ = feature_set(feature)
+    out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(options)],
                          env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -6,7 +6,7 @@ gathered on each call); ``path="flat"`` passes ``FlatBuffer`` parameters and
 gradients (checked in O(1)). ``FlatBuffer`` holds host arrays, so its CUDA half is
 skipped, as is every CUDA half where there is no GPU.
 """
-from .common import DEVICES, place, random_arrays, require, synchronizer
+from .common import DEVICES
 
 COUNT, TOTAL = 300, 5_000_000
 
@@ -17,7 +17,7 @@ class TimeManyTensors:
 
     def setup(self, path, device):
         import numba_adamax as na
-        from numba_adamax.benchmark import mixed_shapes
+        from numba_adamax.benchmark import mixed_shapes, place, random_arrays, require, synchronizer
 
         require(device)
         if path == "flat" and device != "cpu":

@@ -14,7 +14,7 @@ compilation, so the timed body measures only the steady-state step.
 import resource
 import sys
 
-from .common import CALLS, DEVICES, FEATURES, place, random_arrays, require, synchronizer
+from .common import DEVICES, FEATURES, feature_set
 
 
 class _Step:
@@ -22,12 +22,13 @@ class _Step:
 
     def _build(self, size, dtype, feature, device):
         import numba_adamax as na
+        from numba_adamax.benchmark import place, random_arrays, require, synchronizer
 
         require(device)
         w, g = random_arrays([(size,), (size,)], dtype)
         self.w, self.g = place([w], device), place([g], device)
-        self.opt = na.Adamax(learning_rate=0.001, **FEATURES[feature])
-        self.calls = CALLS.get(feature, 1)
+        options, self.calls = feature_set(feature)
+        self.opt = na.Adamax(learning_rate=0.001, **options)
         self.sync = synchronizer(device)
         self.step()  # warm-up: build slots + JIT compile
 
@@ -38,7 +39,7 @@ class _Step:
 
 
 class TimeDenseStep(_Step):
-    params = ([1_000, 10_000, 100_000, 1_000_000], ["float32", "float64"], list(FEATURES),
+    params = ([1_000, 10_000, 100_000, 1_000_000], ["float32", "float64"], FEATURES,
               DEVICES)
     param_names = ["size", "dtype", "feature", "device"]
 
@@ -68,14 +69,14 @@ class MemDenseStep:
     ``peakmem_step`` is the process's peak (arrays and slots included);
     ``track_peak_growth`` is how far a step raises it, in bytes.
     """
-    params = ([1_000_000, 10_000_000], list(FEATURES))
+    params = ([1_000_000, 10_000_000], FEATURES)
     param_names = ["size", "feature"]
 
     def setup(self, size, feature):
         import numba_adamax as na
+        from numba_adamax.benchmark import random_arrays
 
-        options = FEATURES[feature]
-        calls = CALLS.get(feature, 1)
+        options, calls = feature_set(feature)
         tiny_w, tiny_g = random_arrays([(8,), (8,)], "float32")
         small = na.init([tiny_w], **options)
         for _ in range(calls):  # compile every kernel the feature uses

@@ -1,57 +1,21 @@
-"""Shared pieces of the asv suite: feature sets, devices and array placement.
+"""Shared parameters of the asv suite: feature sets and devices.
 
-numba_adamax (and numba.cuda) are imported inside functions that ``setup`` calls, so
-that asv's discovery of the suite never imports them.
+Everything else the benchmarks use (data, contenders, device placement, the skip of a
+device that is not there) comes from ``numba_adamax.benchmark``, imported inside
+``setup``, so that asv's discovery of the suite never imports numba_adamax (or
+numba.cuda).
 """
-import numpy as np
 
-#: Optimizer options of each feature set.
-FEATURES = {
-    "plain": {},
-    "clipnorm": {"clipnorm": 1.0},
-    "global_clipnorm": {"global_clipnorm": 1.0},
-    "ema": {"use_ema": True},
-    "accumulation": {"gradient_accumulation_steps": 2},
-    "weight_decay": {"weight_decay": 1e-4},
-}
-
-#: Calls of ``apply`` per timed step: with accumulation a whole window (a micro-step
-#: and an update step), so that every timed body does the same work.
-CALLS = {"accumulation": 2}
+#: The feature sets: the names of ``numba_adamax.benchmark.VARIANTS``, whose entry
+#: gives the optimizer options and the ``apply`` calls of one timed step (with
+#: accumulation a whole window, a micro-step and an update step).
+FEATURES = ["plain", "clipnorm", "global_clipnorm", "ema", "accumulation", "weight_decay"]
 
 DEVICES = ["cpu", "cuda"]
 
 
-def require(device):
-    """Raise ``NotImplementedError`` (asv's skip) when ``device`` is not usable here."""
-    if device == "cpu":
-        return
-    try:
-        from numba import cuda
-    except ImportError as exc:
-        raise NotImplementedError(f"numba.cuda is not importable: {exc}") from None
-    if not cuda.is_available():
-        raise NotImplementedError("no CUDA GPU is available")
-
-
-def place(arrays, device):
-    """``arrays`` (NumPy) as the arrays a step on ``device`` takes: themselves on the
-    CPU, ``numba.cuda`` device copies on CUDA."""
-    if device == "cpu":
-        return list(arrays)
-    from numba import cuda
-    return [cuda.to_device(a) for a in arrays]
-
-
-def synchronizer(device):
-    """A callable that waits for the work queued on ``device`` (a no-op on the CPU)."""
-    if device == "cpu":
-        return lambda: None
-    from numba import cuda
-    return cuda.synchronize
-
-
-def random_arrays(shapes, dtype, seed=0):
-    """Seeded standard-normal arrays of ``shapes``, made without temporaries."""
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(shape, dtype=np.dtype(dtype)) for shape in shapes]
+def feature_set(name):
+    """``(options, calls)`` of the feature set ``name``."""
+    from numba_adamax.benchmark import VARIANTS
+    options, calls, _ = VARIANTS[name]
+    return options, calls

@@ -1,11 +1,13 @@
-"""Streaming kernels that bound what a fused Adamax step can cost (used by ``benchmark``).
+"""Streaming kernels that bound what a fused Adamax step can cost: the benchmark's
+roofline, a bandwidth reference and not an implementation.
 
 Each kernel makes the passes over memory that the matching numba_adamax step makes,
 and nothing else: one flat loop over one buffer per array, with the bare Adamax
 update and none of the per-call options (no loss scale, clip triple, weight-decay
 flag, address tables or chunks). They are compiled with the package kernels' options
-(``parallel``, ``cache``, ``error_model="numpy"``, ``nogil``, no fastmath) and, like
-them, run a ``prange`` loop when ``parallel`` is true and a serial loop otherwise.
+(``JIT``: ``parallel``, ``cache``, ``error_model="numpy"``, ``nogil``, no fastmath)
+and, like them, run a ``prange`` loop when ``parallel`` is true and a serial loop
+otherwise; callers pick ``parallel`` with the package's ``config.PARALLEL_THRESHOLD``.
 Bytes per element below are for float32 (twice that for float64); they mutate the
 arrays named as written.
 
@@ -18,11 +20,20 @@ kernel              reads / writes                                  B / element
 ``accumulate``      reads g, a; writes a (a micro-step)             12
 ``update_mean``     reads g, a, w, m, u; writes w, m, u, a          36
 ==================  ==============================================  ===========
+
+The update takes ``u = max(b2 * u, |g|)`` with Python's ``max``, which, unlike the
+package's kernels, does not propagate NaN (a NaN gradient leaves ``u`` finite). That
+is the same traffic and about the same work, all a timing needs, but not the
+package's results for non-finite input.
 """
 import numpy as np
 from numba import njit, prange
 
-_JIT = dict(parallel=True, cache=True, error_model="numpy", nogil=True)
+# The package's kernel tunables, read here and nowhere else in the benchmarks.
+from numba_adamax.kernels import config
+
+JIT = config.JIT
+
 _inline = njit(inline="always", error_model="numpy")
 
 
@@ -38,7 +49,7 @@ def _adamax_at(i, x, w, m, u, scale, omb1, b2, lr, eps):
     return wi
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def update(parallel, w, g, m, u, scale, omb1, b2, lr, eps):
     """The bare Adamax update of ``w`` with gradient ``g * scale``; mutates w, m, u."""
     dt = w.dtype.type
@@ -51,7 +62,7 @@ def update(parallel, w, g, m, u, scale, omb1, b2, lr, eps):
             _adamax_at(i, g[i], w, m, u, s, o, b, r, e)
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def sum_of_squares(parallel, g):
     """The float64 sum of ``g**2``; mutates nothing."""
     total = 0.0
@@ -66,7 +77,7 @@ def sum_of_squares(parallel, g):
     return total
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def update_ema(parallel, w, g, m, u, e, omb1, b2, lr, eps, mom):
     """``update``, then ``e = mom * e + (1 - mom) * w``; mutates w, m, u, e."""
     dt = w.dtype.type
@@ -79,7 +90,7 @@ def update_ema(parallel, w, g, m, u, e, omb1, b2, lr, eps, mom):
             e[i] = mo * e[i] + (one - mo) * _adamax_at(i, g[i], w, m, u, one, o, b, r, ep)
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def accumulate(parallel, g, a):
     """``a += g``; mutates a."""
     if parallel:
@@ -90,7 +101,7 @@ def accumulate(parallel, g, a):
             a[i] += g[i]
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def update_mean(parallel, w, g, m, u, a, steps, omb1, b2, lr, eps):
     """``update`` with the gradient ``(g + a) / steps``, then ``a = 0``; mutates w, m,
     u, a."""

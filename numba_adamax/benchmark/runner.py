@@ -10,7 +10,7 @@ Contenders (each skipped, with the reason, when its library is missing):
 * ``flat``: the same with ``FlatBuffer`` parameters and gradients;
 * ``roofline``: a bare streaming kernel over one buffer of all the elements, with the
   memory traffic of the step (reads g, w, m, u; writes w, m, u: 28 bytes per float32
-  element) and the same serial/parallel threshold (see ``_roofline``);
+  element) and the same serial/parallel threshold (see ``roofline``);
 * ``numpy``: Adamax in NumPy ufuncs with preallocated ``out=`` buffers, per array;
 * ``torch_foreach`` / ``torch_single``: ``torch.optim.Adamax(foreach=True/False)``;
 * ``optax_jit``: ``optax.adamax`` and ``apply_updates`` under ``jax.jit`` with the
@@ -39,11 +39,12 @@ import time
 
 import numpy as np
 
-from . import _contenders
-from ._contenders import NumpyAdamax, Unavailable, mixed_shapes
+from . import contenders as _contenders
+from .contenders import Unavailable
+from .problems import mixed_shapes, problem
 
-__all__ = ["NumpyAdamax", "configure_threads", "describe_machine", "format_report", "main",
-           "measure", "mixed_shapes", "plot"]
+__all__ = ["CONTENDERS", "PEERS", "VARIANT_NAMES", "configure_threads", "describe_machine",
+           "format_report", "main", "measure", "plot", "run_cases"]
 
 #: Contender keys, in table order, and their column titles.
 CONTENDERS = {
@@ -75,13 +76,6 @@ def configure_threads(threads=None):
     import numba
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     return {"cpus": n, "numba": numba.get_num_threads()}
-
-
-def _problem(shapes, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    ws = [rng.standard_normal(s, dtype=dtype) for s in shapes]
-    gs = [rng.standard_normal(s, dtype=dtype) for s in shapes]
-    return ws, gs
 
 
 def _builders(names, threads):
@@ -137,6 +131,12 @@ def measure(steps, rounds=15, batch_time=0.005, max_seconds=60.0):
                    "steps_per_round": batch[name]} for name, s in samples.items()}
 
 
+def repeats_for(size):
+    """How many steps to time one by one on ``size`` elements: enough for about 0.3 GB
+    of a plain step's traffic (28 bytes per element), 7 to 2000."""
+    return int(min(2000, max(7, 3e8 / (28 * size))))
+
+
 def _build(builders, ws, gs, skipped):
     steps = {}
     for name, build in builders.items():
@@ -173,7 +173,7 @@ def run_cases(args, threads):
         shapes = mixed_shapes(args.tensors, int(args.tensors_total))
         shape_sets.append(("tensors", shapes))
     for kind, shapes in shape_sets:
-        ws, gs = _problem(shapes, args.dtype)
+        ws, gs = problem(shapes, args.dtype)
         elements = sum(w.size for w in ws)
         print(f"- {kind}: {len(shapes)} array(s), {elements} elements", file=sys.stderr)
         steps = _build(builders, ws, gs, skipped)
@@ -188,7 +188,7 @@ def run_cases(args, threads):
     for variant in args.variants:
         options, calls, nbytes = _contenders.VARIANTS[variant]
         for size in args.variant_sizes:
-            ws, gs = _problem([(int(size),)], args.dtype)
+            ws, gs = problem([(int(size),)], args.dtype)
             print(f"- variant {variant}: {int(size)} elements", file=sys.stderr)
             steps = {"numba_adamax": _contenders.numba_adamax_list(ws, gs, options, calls),
                      "roofline": _contenders.roofline(ws, gs, variant)}
@@ -390,7 +390,3 @@ def main(argv=None):
         else:
             print("\n--plot: matplotlib is not installed; no plot written", file=sys.stderr)
     return report
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,11 @@
 """One Adamax step on a GPU: effective bandwidth against the device's copy bandwidth,
 and against torch.optim.Adamax(foreach=True) / torch.optim.Adam(fused=True).
 
-    python examples/benchmark_gpu.py [--repeat 20]
+    python -m numba_adamax.benchmark.gpu [--repeat 20]
 
 Sizes: one float32 variable of 1e6, 1e7 and 1e8 elements, and 300 tensors of mixed
 sizes. A plain update moves 28 bytes per element (read w, g, m, u; write w, m, u).
-Without a usable CUDA GPU (or numba-cuda) the script says so and exits with status 0.
+Without a usable CUDA GPU (or numba-cuda) the command says so and exits with status 0.
 """
 import argparse
 import time
@@ -13,22 +13,9 @@ import time
 import numpy as np
 
 import numba_adamax as na
+from .devices import gpu_unavailable_reason
 
 BYTES_PER_ELEMENT = 28
-
-
-def gpu_unavailable_reason():
-    """Why no GPU can be used, or None."""
-    try:
-        from numba import cuda
-    except ImportError as exc:
-        return f"numba.cuda cannot be imported ({exc})"
-    from numba import config
-    if config.ENABLE_CUDASIM:
-        return "the CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1); timings need a real GPU"
-    if not cuda.is_available():
-        return "no CUDA GPU is available (numba.cuda.is_available() is False)"
-    return None
 
 
 def _timed(run, repeat, synchronize):
@@ -93,6 +80,7 @@ def main(repeat=20):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m numba_adamax.benchmark.gpu",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
     main(repeat=parser.parse_args().repeat)

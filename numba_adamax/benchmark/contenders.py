@@ -1,10 +1,12 @@
-"""The implementations ``benchmark`` times: each is built as a zero-argument callable
+"""The implementations the benchmarks time: each is built as a zero-argument callable
 that makes one optimizer step on its own copy of the variables.
 
 A builder takes the initial variables ``ws`` and the gradients ``gs`` (lists of
 arrays of one dtype) and returns the step callable; it raises ``Unavailable`` when
 its library is not installed. Every contender copies ``ws`` (the step mutates its
-copy) and only reads ``gs``. The learning rate is ``LR`` everywhere.
+copy) and only reads ``gs``. The learning rate is ``LR`` everywhere. ``deduplication``
+takes a sparse gradient instead. A step callable may have a ``finish()`` method, which
+waits for the work it left running.
 """
 import numpy as np
 
@@ -46,23 +48,6 @@ class NumpyAdamax:
         np.subtract(w, tmp, out=w)
 
 
-def mixed_shapes(count=300, total=5_000_000, seed=0):
-    """``count`` shapes of about ``total`` elements in all, like the layers of a model:
-    in each group of three, a weight matrix, a bias and a scale vector of its width."""
-    rng = np.random.default_rng(seed)
-    dims = rng.integers(64, 1024, size=(count, 2)).astype(float)
-    is_matrix = np.arange(count) % 3 == 0
-    vector_total = dims[~is_matrix, 1].sum()
-    scale = np.sqrt(max(total - vector_total, 0) / (dims[is_matrix, 0] * dims[is_matrix, 1]).sum())
-    shapes = []
-    for k in range(count):
-        if is_matrix[k]:
-            shapes.append((max(1, round(dims[k, 0] * scale)), max(1, round(dims[k, 1] * scale))))
-        else:
-            shapes.append((int(dims[k, 1]),))
-    return shapes
-
-
 def numba_adamax_list(ws, gs, options=None, calls=1):
     """The class API on a list of arrays; a step is ``calls`` calls of ``apply``."""
     import numba_adamax as na
@@ -91,13 +76,12 @@ def _one_buffer(arrays):
 
 
 def roofline(ws, gs, variant="plain"):
-    """The streaming kernels of ``_roofline`` over one buffer of all the elements, making
-    the passes ``variant`` makes (see ``ROOFLINE_BYTES``)."""
-    from . import _roofline
-    from .kernels import config as _cpu
+    """The streaming kernels of ``roofline`` over one buffer of all the elements, making
+    the passes ``variant`` makes (its float32 bytes per element are in ``VARIANTS``)."""
+    from . import roofline as _roofline
     w, g = _one_buffer(ws).copy(), _one_buffer(gs)
     m, u = np.zeros_like(w), np.zeros_like(w)
-    parallel = w.size >= _cpu.PARALLEL_THRESHOLD
+    parallel = w.size >= _roofline.config.PARALLEL_THRESHOLD
     lr = LR / (1 - BETA_1)
     omb1 = 1 - BETA_1
     if variant in ("plain", "weight_decay"):
@@ -120,6 +104,24 @@ def roofline(ws, gs, variant="plain"):
             _roofline.update_mean(parallel, w, g, m, u, a, 2.0, omb1, BETA_2, lr, EPSILON)
         return step
     raise ValueError(f"unknown variant {variant!r}")
+
+
+def deduplication(slices, variable):
+    """The deduplication alone of the sparse gradient ``slices`` (an ``IndexedSlices``)
+    of ``variable`` (a NumPy or ``numba.cuda`` array): what a sparse step does first,
+    and the floor it cannot go below. A step runs the variable's driver (the state of
+    ``numba_adamax.init``, on the default stream) and returns its ``Rows``; mutates
+    nothing."""
+    import numba_adamax as na
+
+    state = na.init([variable])
+
+    def step():
+        return state.backend.deduplicate(state, 0, slices)
+    if state.device is not None:
+        from numba import cuda
+        step.finish = cuda.synchronize
+    return step
 
 
 #: For each variant: numba_adamax options, calls per timed step, and float32 bytes per

@@ -5,7 +5,7 @@ variable with finite gradients, alternating call by call in one process; the tab
 reports median microseconds per step and the overhead of the check over
 ``"propagate"`` (which does not look at the gradients).
 
-    python examples/benchmark_nonfinite.py --sizes 1e3 1e5 1e7 [--clipnorm 1.0]
+    python -m numba_adamax.benchmark.nonfinite --sizes 1e3 1e5 1e7 [--clipnorm 1.0]
 """
 import argparse
 import time
@@ -14,21 +14,22 @@ import numpy as np
 
 import numba_adamax as na
 
+from .problems import problem
+from .runner import repeats_for
+
 POLICIES = ("propagate", "skip", "raise")
 
 
 def compare(size, dtype="float32", repeats=None, clipnorm=None, seed=0):
     """Median seconds per step for each policy on ``size`` elements (finite gradients)."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal(size).astype(dtype)
-    g = rng.standard_normal(size).astype(dtype)
+    (w,), (g,) = problem([(size,)], dtype, seed)
     runs = {}
     for policy in POLICIES:
         params = [w.copy()]
         optimizer = na.Adamax(learning_rate=1e-3, clipnorm=clipnorm, nonfinite=policy)
         optimizer.apply([g], params)  # compile / load from cache, allocate slots
         runs[policy] = (optimizer, params)
-    repeats = repeats or int(min(2000, max(7, 3e8 / (28 * size))))
+    repeats = repeats or repeats_for(size)
     times = {policy: [] for policy in POLICIES}
     for _ in range(repeats):
         for policy, (optimizer, params) in runs.items():
@@ -39,7 +40,9 @@ def compare(size, dtype="float32", repeats=None, clipnorm=None, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Print the table for ``argv`` (the command's options)."""
+    parser = argparse.ArgumentParser(prog="python -m numba_adamax.benchmark.nonfinite",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e3, 1e4, 1e5, 1e6, 1e7])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--clipnorm", type=float, default=None)
