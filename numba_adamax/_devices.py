@@ -1,10 +1,10 @@
 """Which kind of memory an array lives in: host (NumPy) or CUDA device.
 
-NumPy arrays are host arrays. Numba CUDA device arrays (the simulator's included)
-and any object exposing ``__cuda_array_interface__`` (CuPy arrays, PyTorch CUDA
-tensors) are device arrays, used zero-copy: they are wrapped, not copied, with
-``numba.cuda.as_cuda_array``. ``backends.for_arrays`` picks the driver from this. ``numba.cuda`` is imported only when a device array is
-met, so importing ``numba_adamax`` never needs numba-cuda or a GPU.
+NumPy arrays are host arrays. Numba CUDA device arrays (the simulator's included) and any
+object exposing ``__cuda_array_interface__`` (CuPy arrays, PyTorch CUDA tensors) are device
+arrays, used zero-copy: they are wrapped, not copied, with ``numba.cuda.as_cuda_array``.
+``backends.for_arrays`` picks the driver from this. ``numba.cuda`` is imported only when a
+device array is met, so importing ``numba_adamax`` never needs numba-cuda or a GPU.
 """
 import numpy as np
 

@@ -46,8 +46,9 @@ class Hyperparameters:
     ``ema_overwrite_frequency``, ``loss_scale_factor``,
     ``gradient_accumulation_steps``, ``decay`` (TF 1.x inverse-time decay),
     ``nonfinite`` (what a call does with a NaN/inf gradient: ``"propagate"``,
-    ``"skip"`` or ``"raise"``) and ``name``. Numbers are stored as Python ``float``/``int``. Setting a field
-    re-validates it (and the clipping exclusivity); ``use_ema`` and
+    ``"skip"`` or ``"raise"``) and ``name``. Numbers are stored as Python
+    ``float``/``int``. Setting a field re-validates it (and the clipping exclusivity);
+    ``use_ema`` and
     ``gradient_accumulation_steps`` cannot change once ``lock()`` was called.
     """
 

@@ -204,7 +204,8 @@ class AdamaxState:
         return slot_names(bool(self.ema), bool(self.accumulators))
 
     def slot(self, i, slot_name):
-        """The shaped slot array ``slot_name`` (``m``, ``u``/``v``, ``ema``, ``accumulator``) of variable ``i``."""
+        """The shaped slot array ``slot_name`` (``m``, ``u``/``v``, ``ema``, ``accumulator``)
+        of variable ``i``."""
         table = {"m": self.m, "u": self.u, "v": self.u, "ema": self.ema,
                  "accumulator": self.accumulators}
         if slot_name not in table:

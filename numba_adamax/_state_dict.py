@@ -1,11 +1,11 @@
 """The optimizer state as a plain dict (its format, writer and reader checks), and
 the Keras ``variables`` weight list.
 
-``state_dict`` snapshots an ``AdamaxState`` into NumPy arrays and plain Python
-values; ``check_state_dict`` validates a dict (on its own, then against a state)
-without changing anything; ``apply_state_dict`` writes an already checked dict. Loading is always check-then-apply, so a
-refused dict leaves the state untouched. The same split serves the Keras layout
-(``check_weights`` / ``apply_weights``: counter first, then the slots).
+``state_dict`` snapshots an ``AdamaxState`` into NumPy arrays and plain Python values;
+``check_state_dict`` validates a dict (on its own, then against a state) without changing
+anything; ``apply_state_dict`` writes an already checked dict. Loading is always
+check-then-apply, so a refused dict leaves the state untouched. The same split serves the
+Keras layout (``check_weights`` / ``apply_weights``: counter first, then the slots).
 """
 import copy
 import json

@@ -8,8 +8,9 @@ names and shapes, with one exception policy:
   a stream) or has the wrong dtype raises ``TypeError``; an array of the wrong shape,
   layout or count raises ``ValueError``.
 
-Setting checks return the normalised value (Python ``float``/``int``/``bool``). Nothing here mutates anything; callers run all checks before the first write.
-The saved-state format is checked by ``_state_dict``, which defines it.
+Setting checks return the normalised value (Python ``float``/``int``/``bool``). Nothing here
+mutates anything; callers run all checks before the first write. The saved-state format is
+checked by ``_state_dict``, which defines it.
 """
 import math
 import numbers

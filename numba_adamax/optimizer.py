@@ -7,7 +7,6 @@ from . import _state
 from . import _state_dict
 from . import _validation as check
 from . import functional
-from ._flat_buffer import FlatBuffer
 from ._hyperparameters import Hyperparameters, from_keywords
 
 

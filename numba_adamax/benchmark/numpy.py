@@ -53,7 +53,8 @@ def main(argv=None):
     print(f"{'elements':>10}  {'numba_adamax':>14}  {'numpy':>12}  {'speed-up':>8}")
     for size in (int(s) for s in args.sizes):
         ours, theirs = compare(size, args.dtype)
-        print(f"{size:>10}  {ours * 1e6:>11.1f} us  {theirs * 1e6:>9.1f} us  {theirs / ours:>7.1f}x")
+        print(f"{size:>10}  {ours * 1e6:>11.1f} us  {theirs * 1e6:>9.1f} us  "
+              f"{theirs / ours:>7.1f}x")
 
 
 if __name__ == "__main__":
