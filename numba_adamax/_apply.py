@@ -138,23 +138,21 @@ class StepSettings:
     (the clip triple of a sparse row update when not clipping by norm),
     ``weight_decay`` (None: no decay at all), ``beta_1``, ``one_minus_beta_1``,
     ``beta_2``, ``epsilon``, ``t`` (the update number, from 1) and
-    ``bias_correction``: per math dtype of the state's groups, ``1 - beta_1**t``
-    computed in that dtype (as Keras does), as a Python float.
+    ``bias_correction``: per group of the state, ``1 - beta_1**t`` computed in the
+    group's math dtype (as Keras does), as a Python float.
+
+    A state keeps one (``for_call``): the fields that depend only on the settings
+    are recomputed when the hyperparameters object or its ``revision`` changes, the
+    others on every call.
     """
 
     __slots__ = ("micro_step", "learning_rate", "ema_momentum", "overwrite", "loss_scale",
                  "steps", "clipnorm", "global_clipnorm", "clipvalue", "clip_norm", "clip",
                  "row_clip", "weight_decay", "beta_1", "one_minus_beta_1", "beta_2", "epsilon",
-                 "t", "bias_correction")
+                 "t", "bias_correction", "_source", "_revision", "_powers")
 
-    def __init__(self, call):
-        state, hp = call.state, call.hyperparameters
-        iterations = state.iterations
-        self.micro_step = call.learning_rate is None
-        self.learning_rate = call.learning_rate
-        self.ema_momentum = 0.0 if iterations == 0 else hp.ema_momentum
-        self.overwrite = bool(hp.use_ema and hp.ema_overwrite_frequency
-                              and (iterations + 1) % hp.ema_overwrite_frequency == 0)
+    def __init__(self, state, hp):
+        self._source, self._revision = hp, hp.revision
         self.loss_scale = hp.loss_scale_factor
         self.steps = float(hp.gradient_accumulation_steps or 1)
         self.clipnorm, self.global_clipnorm = hp.clipnorm, hp.global_clipnorm
@@ -165,20 +163,36 @@ class StepSettings:
         self.weight_decay = hp.weight_decay
         self.beta_1, self.beta_2, self.epsilon = hp.beta_1, hp.beta_2, hp.epsilon
         self.one_minus_beta_1 = 1.0 - hp.beta_1
-        self.t = state.bias_correction_step
-        self.bias_correction = {} if self.micro_step else {
-            group.slot_dtype: _bias_correction(group.slot_dtype, hp.beta_1, self.t)
-            for group in state.groups}
+        # ``1 - beta_1**t`` in each group's math dtype: its constant operands, converted
+        # once (NumPy converts the int ``t`` to the scalar's dtype before the power).
+        self._powers = tuple((g.slot_dtype.type(1), g.slot_dtype.type(hp.beta_1))
+                             for g in state.groups)
+        self.bias_correction = [None] * len(state.groups)
+
+    @classmethod
+    def for_call(cls, call):
+        """The state's settings object, brought up to date for ``call``; mutates it
+        (and creates it on the first call or after the settings changed)."""
+        state, hp = call.state, call.hyperparameters
+        settings = state.step_settings
+        if settings is None or settings._source is not hp or settings._revision != hp.revision:
+            settings = state.step_settings = cls(state, hp)
+        settings.t = t = state.bias_correction_step
+        iterations = t - 1
+        settings.micro_step = call.learning_rate is None
+        settings.learning_rate = call.learning_rate
+        settings.ema_momentum = 0.0 if iterations == 0 else hp.ema_momentum
+        settings.overwrite = bool(hp.use_ema and hp.ema_overwrite_frequency
+                                  and t % hp.ema_overwrite_frequency == 0)
+        if not settings.micro_step:
+            bias_correction = settings.bias_correction
+            for position, (one, beta_1) in enumerate(settings._powers):
+                bias_correction[position] = float(one - beta_1 ** t)
+        return settings
 
     def decays(self, state, i):
         """True when weight decay applies to variable ``i`` in this call."""
         return self.weight_decay is not None and state.weight_decay_mask[i]
-
-
-def _bias_correction(dtype, beta_1, t):
-    """``1 - beta_1**t`` computed in ``dtype``, as a Python float."""
-    dt = dtype.type
-    return float(dt(1) - dt(beta_1) ** dt(t))
 
 
 def commit(call):
@@ -188,7 +202,7 @@ def commit(call):
     if call.skipped:
         state.skipped_steps += 1
         return
-    settings = StepSettings(call)
+    settings = StepSettings.for_call(call)
     backend, grads = state.backend, call.grads
     sparse = {}
     if state.window is not None or (type(grads) is not FlatBuffer and _sparse.has_sparse(grads)):
@@ -199,7 +213,7 @@ def commit(call):
         for group, group_refs in zip(state.groups, refs):
             backend.accumulate(state, group, group_refs, settings)
     else:
-        clip_tables = _clip_tables(state, refs, sparse, settings)
+        clip_tables = _clip_tables(state, refs, sparse, settings) if settings.clip_norm else None
         for i, rows in sparse.items():  # lazy row updates, before the dense pass's EMA
             backend.update_rows(state, i, rows, settings, clip_tables)
         for group, group_refs in zip(state.groups, refs):
@@ -209,8 +223,8 @@ def commit(call):
 
 
 def _clip_tables(state, refs, sparse, settings):
-    """Per group, the ``(clip_scale, clip_divisor)`` table of its variables when
-    clipping by norm, else None.
+    """Per group, the ``(clip_scale, clip_divisor)`` table of its variables (clipping by
+    norm).
 
     Keras' priority: ``clipnorm`` (``g * c / max(||g||, c)``, per variable), then
     ``global_clipnorm`` (every gradient times ``c * min(1/N, 1/c) + (N - N)``, NaN
@@ -219,8 +233,6 @@ def _clip_tables(state, refs, sparse, settings):
     sums added per variable in chunk order, and finished in each variable's dtype. A
     variable with a sparse gradient counts with the norm of its rows.
     """
-    if not settings.clip_norm:
-        return None
     backend = state.backend
     sums = backend.new_square_sums(state)
     for group, group_refs in zip(state.groups, refs):

@@ -47,12 +47,13 @@ class Hyperparameters:
     ``gradient_accumulation_steps``, ``decay`` (TF 1.x inverse-time decay),
     ``nonfinite`` (what a call does with a NaN/inf gradient: ``"propagate"``,
     ``"skip"`` or ``"raise"``) and ``name``. Numbers are stored as Python
-    ``float``/``int``. Setting a field re-validates it (and the clipping exclusivity);
-    ``use_ema`` and
-    ``gradient_accumulation_steps`` cannot change once ``lock()`` was called.
+    ``float``/``int``. Setting a field re-validates it (and the clipping exclusivity)
+    and increments ``revision`` (read-only), so derived values can be cached;
+    ``use_ema`` and ``gradient_accumulation_steps`` cannot change once ``lock()`` was
+    called.
     """
 
-    __slots__ = tuple(_CHECKS) + ("_locked",)
+    __slots__ = tuple(_CHECKS) + ("_locked", "revision")
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
@@ -64,6 +65,7 @@ class Hyperparameters:
         normalised = {field: _CHECKS[field](values[field]) for field in _CHECKS}
         check.clip_exclusive(clipnorm, clipvalue, global_clipnorm)
         object.__setattr__(self, "_locked", False)
+        object.__setattr__(self, "revision", 0)
         for field, value in normalised.items():
             object.__setattr__(self, field, value)
 
@@ -79,6 +81,7 @@ class Hyperparameters:
             raise ValueError(f"`{field}` cannot be changed after the optimizer state "
                              "was built: it decides which slots exist.")
         object.__setattr__(self, field, value)
+        object.__setattr__(self, "revision", self.revision + 1)
 
     def lock(self):
         """Freeze the fields in ``STRUCTURAL`` (called when slots are allocated)."""

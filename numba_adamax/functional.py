@@ -1,6 +1,8 @@
 """The functional API, ``init`` and ``step``, and the two things every entry point
 shares: ``match`` (a call's arguments to a state) and ``adopt`` (a new state's
 exclusions, stream and lock)."""
+import operator
+
 from . import _apply
 from . import _state
 from . import _validation as check
@@ -104,7 +106,7 @@ def match(state, grads, variables, *, argument="variables", in_order=False):
     variables = check.sequence(variables, f"`{argument}`")
     if len(variables) != len(grads):
         raise ValueError(f"Got {len(grads)} gradients for {len(variables)} {argument}.")
-    if len(variables) == n and all(v is p for v, p in zip(variables, state.params)):
+    if len(variables) == n and all(map(operator.is_, variables, state.params)):
         return grads, None  # the built variables, in order
     if in_order:
         if len(variables) != n:

@@ -2,39 +2,22 @@
 ``kernels.cpu_sparse`` kernels (see ``backends`` for the interface).
 
 A dtype group whose total size reaches ``config.PARALLEL_THRESHOLD`` runs the
-multithreaded loops; a sparse gradient does when its values do. The kernel modules
-are imported on first use, so importing the package compiles and loads nothing.
+multithreaded loops; a sparse gradient does when its values do. This module (and
+with it numba) is imported when the first CPU state is created, not with the
+package; kernels compile on their first call.
 """
 import math
 
 import numpy as np
 
 from ..kernels import addresses, config
+from ..kernels import cpu as _dense_kernels
+from ..kernels import cpu_sparse as _sparse_kernels
 from .rows import Rows
 
 device = None
 
 data_address = addresses.data_address
-_modules = None
-
-
-def _kernels():
-    """``(kernels.cpu, kernels.cpu_sparse)``, imported on first use (they import numba)."""
-    global _modules
-    if _modules is None:
-        from ..kernels import cpu, cpu_sparse
-        _modules = (cpu, cpu_sparse)
-    return _modules
-
-
-def _dense():
-    return _kernels()[0]
-
-
-def _sparse():
-    return _kernels()[1]
-
-
 def device_arrays(params):
     """The arrays the kernels see: the NumPy variables themselves."""
     return tuple(params)
@@ -75,19 +58,19 @@ def nonfinite_flags(state, group, refs):
     """Per variable of ``group``, True where its gradient holds NaN or inf; one read
     pass over the gradients (stopping early on the serial path). Mutates nothing."""
     flags = np.zeros(len(group.indices), np.uint8)
-    _dense().nonfinite_flags(_parallel(group), group.chunks, group.table, *refs, group.m,
+    _dense_kernels.nonfinite_flags(_parallel(group), group.chunks, group.table, *refs, group.m,
                               flags)
     return flags.view(bool)
 
 
 def values_finite(state, values):
     """True when the host array ``values`` holds no NaN or inf."""
-    return bool(_dense().all_finite(values.reshape(-1)))
+    return bool(_dense_kernels.all_finite(values.reshape(-1)))
 
 
 def chunk_square_partials(state, group, refs, settings):
     """Per chunk of ``group``, the float64 sum of squared effective gradients."""
-    return _dense().chunk_sums_of_squares(
+    return _dense_kernels.chunk_sums_of_squares(
         _parallel(group), group.chunks, group.table, *refs, group.m, group.accumulator,
         settings.loss_scale, settings.steps)
 
@@ -100,7 +83,7 @@ def new_square_sums(state):
 def fold_square_partials(state, group, partials, sums):
     """Add ``group``'s chunk partials per variable, in chunk order, into its entry of
     ``sums``; mutates ``sums``."""
-    _dense().fold_chunk_sums(group.chunks, partials, sums[group.position])
+    _dense_kernels.fold_chunk_sums(group.chunks, partials, sums[group.position])
 
 
 def sparse_square_sum(state, i, rows, settings, sums):
@@ -108,7 +91,7 @@ def sparse_square_sum(state, i, rows, settings, sums):
     (that of the equivalent dense gradient); mutates ``sums``."""
     view = state.views[i]
     per_row = rows.rows.size * rows.row_size
-    sums[view.group.position][view.k] = _sparse().sum_of_squares(
+    sums[view.group.position][view.k] = _sparse_kernels.sum_of_squares(
         per_row >= config.PARALLEL_THRESHOLD, rows.rows, rows.row_size,
         _rows_per_chunk(rows.row_size), rows.values, view.accumulator,
         settings.loss_scale or 1.0, settings.steps, view.w)
@@ -126,35 +109,35 @@ def clip_tables(state, sums, settings):
         for value in group_sums:
             total += value
     by_global = not settings.clipnorm
-    return [_dense().clip_table(group_sums, total, settings.clip_norm, by_global, group.m)
+    return [_dense_kernels.clip_table(group_sums, total, settings.clip_norm, by_global, group.m)
             for group, group_sums in zip(state.groups, sums)]
 
 
 def update(state, group, refs, settings, clip_table):
     """The fused update pass over ``group``: mutates its variables and slots."""
-    bias_correction = settings.bias_correction[group.slot_dtype]
-    _dense().update(
-        _parallel(group), group.chunks, group.table, *refs, settings.clip, clip_table,
+    _dense_kernels.update(
+        group.total >= config.PARALLEL_THRESHOLD, group.chunks, group.table, *refs,
+        settings.clip, clip_table,
         group.m, group.u, group.ema, group.accumulator, settings.loss_scale, settings.steps,
         settings.learning_rate, settings.weight_decay, settings.one_minus_beta_1,
-        settings.beta_2, settings.epsilon, bias_correction, settings.ema_momentum,
-        settings.overwrite)
+        settings.beta_2, settings.epsilon, settings.bias_correction[group.position],
+        settings.ema_momentum, settings.overwrite)
 
 
 def accumulate(state, group, refs, settings):
     """An accumulation micro-step over ``group``: mutates its accumulator (and, with
     an EMA, the EMA and the variables on an overwrite)."""
-    _dense().accumulate(_parallel(group), group.chunks, group.table, *refs, group.m,
-                         group.ema, group.accumulator, settings.loss_scale,
-                         settings.ema_momentum, settings.overwrite)
+    _dense_kernels.accumulate(_parallel(group), group.chunks, group.table, *refs, group.m,
+                              group.ema, group.accumulator, settings.loss_scale,
+                              settings.ema_momentum, settings.overwrite)
 
 
 def ema_only(state, group, settings):
     """The EMA step alone over every variable of ``group`` (no gradient is read)."""
     no_gradients = np.zeros(len(group.indices), np.int64)
-    _dense().accumulate(_parallel(group), group.chunks, group.table, no_gradients, -1,
-                         group.m, group.ema, None, None, settings.ema_momentum,
-                         settings.overwrite)
+    _dense_kernels.accumulate(_parallel(group), group.chunks, group.table, no_gradients, -1,
+                              group.m, group.ema, None, None, settings.ema_momentum,
+                              settings.overwrite)
 
 
 def deduplicate(state, i, slices):
@@ -164,7 +147,7 @@ def deduplicate(state, i, slices):
     indices = np.ascontiguousarray(slices.indices, dtype=np.int64)
     values = slices.values
     values = values.reshape(indices.size, math.prod(values.shape[1:]))
-    rows, summed = _sparse().deduplicate(values.size >= config.PARALLEL_THRESHOLD, indices,
+    rows, summed = _sparse_kernels.deduplicate(values.size >= config.PARALLEL_THRESHOLD, indices,
                                          values)
     return Rows(rows, summed.reshape(-1), summed.shape[1])
 
@@ -178,7 +161,7 @@ def scatter_accumulate(state, i, rows, settings):
     """Add ``rows``' values, divided by the loss scale, into variable ``i``'s
     accumulator; mutates it."""
     accumulator = state.views[i].accumulator
-    _sparse().scatter_accumulate(rows.values.size >= config.PARALLEL_THRESHOLD, rows.rows,
+    _sparse_kernels.scatter_accumulate(rows.values.size >= config.PARALLEL_THRESHOLD, rows.rows,
                                  rows.row_size, rows.values, accumulator,
                                  settings.loss_scale or 1.0)
 
@@ -191,13 +174,13 @@ def update_rows(state, i, rows, settings, clip_tables):
         clip_scale, clip_divisor, clip_value = settings.row_clip
     else:
         (clip_scale, clip_divisor), clip_value = clip_tables[view.group.position][view.k], math.inf
-    _sparse().update_rows(
+    _sparse_kernels.update_rows(
         rows.rows.size * rows.row_size >= config.PARALLEL_THRESHOLD, rows.rows,
         rows.row_size, view.w, rows.values, view.m, view.u, view.accumulator,
         settings.loss_scale or 1.0, settings.steps, clip_scale, clip_divisor, clip_value,
         settings.learning_rate, settings.decays(state, i), settings.weight_decay or 0.0,
         settings.one_minus_beta_1, settings.beta_2, settings.epsilon,
-        settings.bias_correction[view.group.slot_dtype])
+        settings.bias_correction[view.group.position])
 
 
 def assign(destination, source, stream=None):

@@ -208,7 +208,7 @@ def update(state, group, refs, settings, clip_table):
         dt(np.inf), group.m, group.u, group.ema, group.accumulator,
         _cast(settings.loss_scale, dt), dt(settings.steps), dt(settings.learning_rate),
         _cast(settings.weight_decay, dt), dt(settings.one_minus_beta_1), dt(settings.beta_2),
-        dt(settings.epsilon), dt(settings.bias_correction[group.slot_dtype]), momentum,
+        dt(settings.epsilon), dt(settings.bias_correction[group.position]), momentum,
         dt(1) - momentum, settings.overwrite)
 
 
@@ -338,7 +338,7 @@ def update_rows(state, i, rows, settings, clip_tables):
         dt(clip_scale), dt(clip_divisor), dt(clip_value), dt(settings.learning_rate),
         bool(settings.decays(state, i)), dt(settings.weight_decay or 0.0),
         dt(settings.one_minus_beta_1), dt(settings.beta_2), dt(settings.epsilon),
-        dt(settings.bias_correction[view.group.slot_dtype]))
+        dt(settings.bias_correction[view.group.position]))
 
 
 def assign(destination, source, stream=None):
