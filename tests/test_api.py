@@ -802,11 +802,13 @@ def test_import_compiles_nothing_and_warmup_compiles():
         "from numba_adamax.kernels import cpu as _cpu\n"
         "assert all(len(d.signatures) == 0 for d in _cpu.DISPATCHERS), "
         "[d.signatures for d in _cpu.DISPATCHERS]\n"
+        "from numba_adamax.kernels import cpu_sparse as _sparse\n"
         "n = numba_adamax.warmup()\n"
         "assert n > 0, n\n"
-        "assert len(_cpu.update.signatures) >= 2, _cpu.update.signatures\n"
-        "assert len(_cpu.chunk_sums_of_squares.signatures) >= 2\n"
-        "assert n == sum(len(d.signatures) for d in _cpu.DISPATCHERS)\n"
+        "assert len(_cpu.update.signatures) == 2, _cpu.update.signatures\n"
+        "assert len(_cpu.update_parallel.signatures) == 2\n"
+        "assert not _cpu.chunk_sums_of_squares.signatures  # no clipping configured\n"
+        "assert n == sum(len(d.signatures) for d in _cpu.DISPATCHERS + _sparse.DISPATCHERS)\n"
         "print('ok', n)\n"
     )
     result = run_python(code)

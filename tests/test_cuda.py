@@ -409,7 +409,7 @@ def test_sparse_deduplication_sums_rows_in_order_on_the_device():
     indices = np.array([5, 2, 5, 5, 0, 2, 7])
     values = (rng.standard_normal((7, 3)) * 10.0 ** rng.integers(-8, 8, (7, 1))).astype(
         np.float32)
-    rows, summed = cpu_sparse.deduplicate(False, indices, values)
+    rows, summed = cpu_sparse.deduplicate(indices, values)
     slices = na.IndexedSlices(cuda.to_device(values), cuda.to_device(indices))
     state = na.init([cuda.to_device(np.zeros((8, 3), np.float32))])
     got = state.backend.deduplicate(state, 0, slices)

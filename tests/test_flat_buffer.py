@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import numba_adamax as na
-from numba_adamax.kernels import cpu as cpu_kernels
 from configs import CONFIGS, Clock, make_kwargs
 
 SHAPES = [(3, 5), (7,), (0,), (2, 1, 3), (33,)]
@@ -114,15 +113,16 @@ def test_flat_path_equals_separate_arrays(name, api):
 
 
 def test_mixed_dtypes_make_one_kernel_call_per_dtype(monkeypatch):
+    from numba_adamax.backends import cpu as cpu_driver
     calls = []
-    original = cpu_kernels.update
 
-    class Counting:
-        def __call__(self, *args):
-            calls.append(args[7].dtype)
-            return original(*args)
+    def counting(kernel):
+        def call(*args):
+            calls.append(args[6].dtype)  # m
+            return kernel(*args)
+        return call
 
-    monkeypatch.setattr(cpu_kernels, "update", Counting())
+    monkeypatch.setattr(cpu_driver, "_UPDATE", tuple(map(counting, cpu_driver._UPDATE)))
     params = [np.ones(n, np.float32 if n % 2 else np.float64) for n in range(1, 40)]
     opt = na.Adamax()
     opt.apply([np.ones_like(p) for p in params], params)

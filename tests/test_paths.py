@@ -393,16 +393,17 @@ _SUBPROCESS = textwrap.dedent("""
     from numba_adamax.kernels import cpu as cpu_kernels
     warnings.simplefilter("ignore")
     kwargs = json.loads(sys.argv[1])
-    kernel_config.PARALLEL_THRESHOLD = 8  # sizes 7, 15 and 0: both loops in one run
+    kernel_config.PARALLEL_THRESHOLD = 40  # groups of 32 and 96 elements: both variants
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64, np.float32):
-        params = [rng.standard_normal(n).astype(dtype) for n in (7, 15, 0)]
-        opt = na.Adamax(**kwargs)
-        for s in range(12):
-            grads = [rng.standard_normal(p.shape).astype(dtype) for p in params]
-            if s % 4 == 1:
-                grads[s % 3] = None
-            opt.apply(grads, params)
+        for sizes in ((7, 15, 0), (70, 15, 0)):
+            params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+            opt = na.Adamax(**kwargs)
+            for s in range(12):
+                grads = [rng.standard_normal(p.shape).astype(dtype) for p in params]
+                if s % 4 == 1:
+                    grads[s % 3] = None
+                opt.apply(grads, params)
     out = {}
     for d in cpu_kernels.DISPATCHERS:
         dts = []
@@ -426,13 +427,14 @@ def test_one_signature_per_dtype_in_a_fresh_process(kwargs):
     proc = run_python(["-c", _SUBPROCESS, json.dumps(kwargs)], timeout=120)
     assert proc.returncode == 0, proc.stderr
     sigs = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert sorted(sigs["update"]) == ["float32", "float64"]
+    for variant in ("", "_parallel"):
+        assert sorted(sigs["update" + variant]) == ["float32", "float64"]
+        if "gradient_accumulation_steps" in kwargs:
+            assert sorted(sigs["accumulate" + variant]) == ["float32", "float64"]
+        if "clipnorm" in kwargs or "global_clipnorm" in kwargs:
+            assert sorted(sigs["chunk_sums_of_squares" + variant]) == ["float32", "float64"]
     for name, dtypes in sigs.items():
         assert len(dtypes) == len(set(dtypes)), f"{name} compiled {dtypes}"
-    if "gradient_accumulation_steps" in kwargs:
-        assert sorted(sigs["accumulate"]) == ["float32", "float64"]
-    if "clipnorm" in kwargs or "global_clipnorm" in kwargs:
-        assert sorted(sigs["chunk_sums_of_squares"]) == ["float32", "float64"]
 
 
 # --------------------------------------------------------------------------- NaN and inf

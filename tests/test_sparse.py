@@ -301,20 +301,21 @@ def test_deduplicate_sums_rows_in_order_of_first_appearance(parallel, dtype):
     for k, n_rows in [(0, 5), (1, 5), (50, 7), (300, 1000), (4096, 200_000)]:
         indices = rng.integers(0, n_rows, k)
         values = rng.standard_normal((k, 3)).astype(dtype)
-        rows, summed = cpu_sparse.deduplicate(parallel, indices, values)
+        kernels = (cpu_sparse.deduplicate, cpu_sparse.deduplicate_parallel)
+        rows, summed = kernels[parallel](indices, values)
         _, first = np.unique(indices, return_index=True)
         np.testing.assert_array_equal(rows, indices[np.sort(first)])
         expected = np.zeros((n_rows, 3), np.float64)
         np.add.at(expected, indices, values.astype(np.float64))
         np.testing.assert_allclose(summed, expected[rows], **tolerance(dtype))
-        again = cpu_sparse.deduplicate(not parallel, indices, values)
+        again = kernels[not parallel](indices, values)
         np.testing.assert_array_equal(again[1], summed)
 
 
 def test_deduplicate_without_repeats_returns_the_values():
     from numba_adamax.kernels import cpu_sparse
     values = np.arange(8.0).reshape(4, 2)
-    rows, summed = cpu_sparse.deduplicate(False, np.array([3, 0, 9, 2]), values)
+    rows, summed = cpu_sparse.deduplicate(np.array([3, 0, 9, 2]), values)
     np.testing.assert_array_equal(rows, [3, 0, 9, 2])
     assert summed is values
 
@@ -346,8 +347,8 @@ def test_element_body_with_flat_indices_matches_the_row_loops():
     original = w.copy()
     expected = [x.copy() for x in (w, m, u)]
     ls, st, cs, cd, cv, lr, wd, omb1, b2, eps, bc = scalars
-    cpu_sparse.update_rows(False, rows, row_size, *expected[:1], g, *expected[1:], None, ls, st,
-                            cs, cd, cv, lr, True, wd, omb1, b2, eps, bc)
+    cpu_sparse.update_rows(rows, row_size, *expected[:1], g, *expected[1:], None, ls, st,
+                           cs, cd, cv, lr, True, wd, omb1, b2, eps, bc)
     flat_update(rows, row_size, w, g, m, u, None, scalars)
     for got, want in zip((w, m, u), expected):
         np.testing.assert_array_equal(got, want)
@@ -484,7 +485,7 @@ def test_plan_gives_the_rows_and_sums_of_deduplicate(pattern):
     indices = make_indices(rng, pattern, 7)
     values = (rng.standard_normal((indices.size, 2))
               * 10.0 ** rng.integers(-6, 6, (indices.size, 1))).astype(np.float32)
-    rows, summed = cpu_sparse.deduplicate(False, indices.astype(np.int64), values)
+    rows, summed = cpu_sparse.deduplicate(indices.astype(np.int64), values)
     plan = device_plan(indices)
     np.testing.assert_array_equal(plan.rows, rows)
     out = np.empty((rows.size, 2), np.float32)

@@ -13,9 +13,11 @@ import numpy as np
 from ..kernels import addresses, config
 from ..kernels import cpu as _dense_kernels
 from ..kernels import cpu_sparse as _sparse_kernels
+from . import compile_log
 from .rows import Rows
 
 device = None
+compile_log.install()
 
 data_address = addresses.data_address
 def device_arrays(params):
@@ -36,8 +38,23 @@ def attach(state):
     """Nothing to set up on the host."""
 
 
-def _parallel(group):
-    return group.total >= config.PARALLEL_THRESHOLD
+def _pair(module, name):
+    return getattr(module, name), getattr(module, name + "_parallel")
+
+
+_UPDATE = _pair(_dense_kernels, "update")
+_ACCUMULATE = _pair(_dense_kernels, "accumulate")
+_CHUNK_SUMS = _pair(_dense_kernels, "chunk_sums_of_squares")
+_NONFINITE = _pair(_dense_kernels, "nonfinite_flags")
+_DEDUPLICATE = _pair(_sparse_kernels, "deduplicate")
+_SCATTER = _pair(_sparse_kernels, "scatter_accumulate")
+_UPDATE_ROWS = _pair(_sparse_kernels, "update_rows")
+_ROW_SUMS = _pair(_sparse_kernels, "sum_of_squares")
+
+
+def _pick(kernels, elements):
+    """The serial or the parallel one of ``kernels``, for work over ``elements``."""
+    return kernels[elements >= config.PARALLEL_THRESHOLD]
 
 
 def gradient_refs(state, grads):
@@ -58,8 +75,7 @@ def nonfinite_flags(state, group, refs):
     """Per variable of ``group``, True where its gradient holds NaN or inf; one read
     pass over the gradients (stopping early on the serial path). Mutates nothing."""
     flags = np.zeros(len(group.indices), np.uint8)
-    _dense_kernels.nonfinite_flags(_parallel(group), group.chunks, group.table, *refs, group.m,
-                              flags)
+    _pick(_NONFINITE, group.total)(group.chunks, group.table, *refs, group.m, flags)
     return flags.view(bool)
 
 
@@ -70,9 +86,9 @@ def values_finite(state, values):
 
 def chunk_square_partials(state, group, refs, settings):
     """Per chunk of ``group``, the float64 sum of squared effective gradients."""
-    return _dense_kernels.chunk_sums_of_squares(
-        _parallel(group), group.chunks, group.table, *refs, group.m, group.accumulator,
-        settings.loss_scale, settings.steps)
+    return _pick(_CHUNK_SUMS, group.total)(group.chunks, group.table, *refs, group.m,
+                                           group.accumulator, settings.loss_scale,
+                                           settings.steps)
 
 
 def new_square_sums(state):
@@ -91,8 +107,8 @@ def sparse_square_sum(state, i, rows, settings, sums):
     (that of the equivalent dense gradient); mutates ``sums``."""
     view = state.views[i]
     per_row = rows.rows.size * rows.row_size
-    sums[view.group.position][view.k] = _sparse_kernels.sum_of_squares(
-        per_row >= config.PARALLEL_THRESHOLD, rows.rows, rows.row_size,
+    sums[view.group.position][view.k] = _pick(_ROW_SUMS, per_row)(
+        rows.rows, rows.row_size,
         _rows_per_chunk(rows.row_size), rows.values, view.accumulator,
         settings.loss_scale or 1.0, settings.steps, view.w)
 
@@ -115,9 +131,8 @@ def clip_tables(state, sums, settings):
 
 def update(state, group, refs, settings, clip_table):
     """The fused update pass over ``group``: mutates its variables and slots."""
-    _dense_kernels.update(
-        group.total >= config.PARALLEL_THRESHOLD, group.chunks, group.table, *refs,
-        settings.clip, clip_table,
+    _pick(_UPDATE, group.total)(
+        group.chunks, group.table, *refs, settings.clip, clip_table,
         group.m, group.u, group.ema, group.accumulator, settings.loss_scale, settings.steps,
         settings.learning_rate, settings.weight_decay, settings.one_minus_beta_1,
         settings.beta_2, settings.epsilon, settings.bias_correction[group.position],
@@ -127,17 +142,17 @@ def update(state, group, refs, settings, clip_table):
 def accumulate(state, group, refs, settings):
     """An accumulation micro-step over ``group``: mutates its accumulator (and, with
     an EMA, the EMA and the variables on an overwrite)."""
-    _dense_kernels.accumulate(_parallel(group), group.chunks, group.table, *refs, group.m,
-                              group.ema, group.accumulator, settings.loss_scale,
-                              settings.ema_momentum, settings.overwrite)
+    _pick(_ACCUMULATE, group.total)(group.chunks, group.table, *refs, group.m, group.ema,
+                                    group.accumulator, settings.loss_scale,
+                                    settings.ema_momentum, settings.overwrite)
 
 
 def ema_only(state, group, settings):
     """The EMA step alone over every variable of ``group`` (no gradient is read)."""
     no_gradients = np.zeros(len(group.indices), np.int64)
-    _dense_kernels.accumulate(_parallel(group), group.chunks, group.table, no_gradients, -1,
-                              group.m, group.ema, None, None, settings.ema_momentum,
-                              settings.overwrite)
+    _pick(_ACCUMULATE, group.total)(group.chunks, group.table, no_gradients, -1, group.m,
+                                    group.ema, None, None, settings.ema_momentum,
+                                    settings.overwrite)
 
 
 def deduplicate(state, i, slices):
@@ -147,8 +162,7 @@ def deduplicate(state, i, slices):
     indices = np.ascontiguousarray(slices.indices, dtype=np.int64)
     values = slices.values
     values = values.reshape(indices.size, math.prod(values.shape[1:]))
-    rows, summed = _sparse_kernels.deduplicate(values.size >= config.PARALLEL_THRESHOLD, indices,
-                                         values)
+    rows, summed = _pick(_DEDUPLICATE, values.size)(indices, values)
     return Rows(rows, summed.reshape(-1), summed.shape[1])
 
 
@@ -161,9 +175,8 @@ def scatter_accumulate(state, i, rows, settings):
     """Add ``rows``' values, divided by the loss scale, into variable ``i``'s
     accumulator; mutates it."""
     accumulator = state.views[i].accumulator
-    _sparse_kernels.scatter_accumulate(rows.values.size >= config.PARALLEL_THRESHOLD, rows.rows,
-                                 rows.row_size, rows.values, accumulator,
-                                 settings.loss_scale or 1.0)
+    _pick(_SCATTER, rows.values.size)(rows.rows, rows.row_size, rows.values, accumulator,
+                                      settings.loss_scale or 1.0)
 
 
 def update_rows(state, i, rows, settings, clip_tables):
@@ -174,9 +187,8 @@ def update_rows(state, i, rows, settings, clip_tables):
         clip_scale, clip_divisor, clip_value = settings.row_clip
     else:
         (clip_scale, clip_divisor), clip_value = clip_tables[view.group.position][view.k], math.inf
-    _sparse_kernels.update_rows(
-        rows.rows.size * rows.row_size >= config.PARALLEL_THRESHOLD, rows.rows,
-        rows.row_size, view.w, rows.values, view.m, view.u, view.accumulator,
+    _pick(_UPDATE_ROWS, rows.rows.size * rows.row_size)(
+        rows.rows, rows.row_size, view.w, rows.values, view.m, view.u, view.accumulator,
         settings.loss_scale or 1.0, settings.steps, clip_scale, clip_divisor, clip_value,
         settings.learning_rate, settings.decays(state, i), settings.weight_decay or 0.0,
         settings.one_minus_beta_1, settings.beta_2, settings.epsilon,

@@ -23,9 +23,11 @@ from ..kernels import cuda as kernels
 from ..kernels import cuda_sparse as sparse_kernels
 from ..kernels.cuda import blocks_for, blocks_for_elements, stream_or_default
 from ..kernels.cuda_pointers import device_address as data_address
+from . import compile_log
 from .rows import Rows
 
 device = "cuda"
+compile_log.install()
 
 
 def device_arrays(params):

@@ -7,9 +7,16 @@ on)`` describe variable ``k``, and ``refs[k]`` locates its gradient (0: none thi
 call; an object address when ``object_data_offset >= 0``, else a data address; see
 ``addresses``). Slots are the group's flat buffers (``None`` when not configured),
 and scalars are Python floats that the kernels cast once to the dtype. Every
-decision that is not per element was made by the caller. Each kernel has a serial
-and a ``prange`` loop over the chunks; its ``parallel`` argument picks one.
+decision that is not per element was made by the caller.
+
+A kernel whose loop over the chunks is a ``prange`` exists twice
+(``serial_and_parallel``): ``name`` is compiled without ``parallel`` (the ``prange``
+runs as a plain loop: no thread-pool region, a shorter compile) and
+``name_parallel`` with it. The driver picks one per call, so a configuration whose
+groups stay small never compiles the parallel variant.
 """
+import types
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -17,6 +24,23 @@ from numba.extending import overload
 
 from . import config, elementwise
 from .pointers import pointer_to, read_address
+
+
+def serial_and_parallel(py_func):
+    """``(name, name_parallel)``: two dispatchers of ``py_func`` (named ``_name``),
+    compiled with ``config.SERIAL_JIT`` and ``config.JIT``. Each wraps its own copy
+    of the function under its own name, so the two never share a cache entry
+    (numba's cache index does not key on the compile options)."""
+    name = py_func.__name__.lstrip("_")
+    variants = []
+    for suffix, options in (("", config.SERIAL_JIT), ("_parallel", config.JIT)):
+        copy = types.FunctionType(py_func.__code__, py_func.__globals__, name + suffix,
+                                  py_func.__defaults__, py_func.__closure__)
+        copy.__qualname__ = name + suffix
+        copy.__doc__ = py_func.__doc__
+        variants.append(njit(**options)(copy))
+    return tuple(variants)
+
 
 #: Inlined at the Numba IR level into the kernels that call it.
 inline = njit(inline="always", error_model="numpy")
@@ -161,10 +185,9 @@ def _update_chunk(c, chunks, table, refs, object_data_offset, clip, clip_table, 
                   bias_correction, ema_momentum, one_minus_ema_momentum, overwrite)
 
 
-@njit(**config.JIT)
-def update(parallel, chunks, table, refs, object_data_offset, clip, clip_table, m, u, e, a,
-           loss_scale, steps, lr, wd, one_minus_beta_1, beta_2, epsilon, bias_correction,
-           ema_momentum, overwrite):
+def _update(chunks, table, refs, object_data_offset, clip, clip_table, m, u, e, a,
+            loss_scale, steps, lr, wd, one_minus_beta_1, beta_2, epsilon, bias_correction,
+            ema_momentum, overwrite):
     """An update step on a group: mutates its variables, ``m``, ``u`` and ``e``/``a``
     when given. Variables without a gradient (``refs[k] == 0``) only get the EMA step
     and an accumulator reset. ``clip`` is None or ``(clip_scale, clip_divisor,
@@ -177,16 +200,13 @@ def update(parallel, chunks, table, refs, object_data_offset, clip, clip_table, 
     one_minus_beta_1, beta_2 = cast_like(one_minus_beta_1, m), cast_like(beta_2, m)
     epsilon, bias_correction = cast_like(epsilon, m), cast_like(bias_correction, m)
     ema_momentum, one_minus_ema_momentum = _ema_coefficients(ema_momentum, m)
-    if parallel:
-        for c in prange(chunks.shape[0]):
-            _update_chunk(c, chunks, table, refs, object_data_offset, clip, clip_table, m, u,
-                          e, a, loss_scale, steps, lr, wd, one_minus_beta_1, beta_2, epsilon,
-                          bias_correction, ema_momentum, one_minus_ema_momentum, overwrite)
-    else:
-        for c in range(chunks.shape[0]):
-            _update_chunk(c, chunks, table, refs, object_data_offset, clip, clip_table, m, u,
-                          e, a, loss_scale, steps, lr, wd, one_minus_beta_1, beta_2, epsilon,
-                          bias_correction, ema_momentum, one_minus_ema_momentum, overwrite)
+    for c in prange(chunks.shape[0]):
+        _update_chunk(c, chunks, table, refs, object_data_offset, clip, clip_table, m, u,
+                      e, a, loss_scale, steps, lr, wd, one_minus_beta_1, beta_2, epsilon,
+                      bias_correction, ema_momentum, one_minus_ema_momentum, overwrite)
+
+
+update, update_parallel = serial_and_parallel(_update)
 
 
 @inline
@@ -205,23 +225,20 @@ def _accumulate_chunk(c, chunks, table, refs, object_data_offset, like, e, a, lo
                       ema_momentum, one_minus_ema_momentum, overwrite)
 
 
-@njit(**config.JIT)
-def accumulate(parallel, chunks, table, refs, object_data_offset, like, e, a, loss_scale,
-               ema_momentum, overwrite):
+def _accumulate(chunks, table, refs, object_data_offset, like, e, a, loss_scale,
+                ema_momentum, overwrite):
     """An accumulation micro-step on a group: ``a += g / loss_scale`` for variables
     with a gradient, then the EMA step; mutates ``a``, and ``e`` and the variables
     through the EMA. With ``a`` None only the EMA moves (an EMA-only pass). ``like``
     is any array of the group's math dtype."""
     loss_scale = cast_like(loss_scale, like)
     ema_momentum, one_minus_ema_momentum = _ema_coefficients(ema_momentum, like)
-    if parallel:
-        for c in prange(chunks.shape[0]):
-            _accumulate_chunk(c, chunks, table, refs, object_data_offset, like, e, a,
-                              loss_scale, ema_momentum, one_minus_ema_momentum, overwrite)
-    else:
-        for c in range(chunks.shape[0]):
-            _accumulate_chunk(c, chunks, table, refs, object_data_offset, like, e, a,
-                              loss_scale, ema_momentum, one_minus_ema_momentum, overwrite)
+    for c in prange(chunks.shape[0]):
+        _accumulate_chunk(c, chunks, table, refs, object_data_offset, like, e, a,
+                          loss_scale, ema_momentum, one_minus_ema_momentum, overwrite)
+
+
+accumulate, accumulate_parallel = serial_and_parallel(_accumulate)
 
 
 @inline
@@ -235,24 +252,22 @@ def _chunk_sum_of_squares(c, chunks, table, refs, object_data_offset, a, loss_sc
                                  window(a, start, start + end - begin), loss_scale, steps)
 
 
-@njit(**config.JIT)
-def chunk_sums_of_squares(parallel, chunks, table, refs, object_data_offset, like, a,
-                          loss_scale, steps):
+def _chunk_sums_of_squares(chunks, table, refs, object_data_offset, like, a, loss_scale,
+                           steps):
     """Per chunk of a group, the float64 sum of its squared effective gradients, its
     elements added in order (0 for a variable without a gradient); ``like`` is any
-    array of the group's dtype. Returns a new array; mutates nothing. The result does
-    not depend on ``parallel`` or the number of threads."""
+    array of the group's dtype. Returns a new array; mutates nothing. Both variants,
+    and any number of threads, give the same bits."""
     loss_scale, steps = cast_like(loss_scale, like), cast_like(steps, like)
     partial = np.empty(chunks.shape[0])
-    if parallel:
-        for c in prange(chunks.shape[0]):
-            partial[c] = _chunk_sum_of_squares(c, chunks, table, refs, object_data_offset, a,
-                                               loss_scale, steps, like)
-    else:
-        for c in range(chunks.shape[0]):
-            partial[c] = _chunk_sum_of_squares(c, chunks, table, refs, object_data_offset, a,
-                                               loss_scale, steps, like)
+    for c in prange(chunks.shape[0]):
+        partial[c] = _chunk_sum_of_squares(c, chunks, table, refs, object_data_offset, a,
+                                           loss_scale, steps, like)
     return partial
+
+
+chunk_sums_of_squares, chunk_sums_of_squares_parallel = serial_and_parallel(
+    _chunk_sums_of_squares)
 
 
 @njit(**config.SERIAL_JIT)
@@ -290,25 +305,22 @@ def _chunk_all_finite(c, chunks, table, refs, object_data_offset, like):
     return all_finite(_gradient(refs, object_data_offset, table, k, begin, end, like))
 
 
-@njit(**config.JIT)
-def nonfinite_flags(parallel, chunks, table, refs, object_data_offset, like, flags):
+def _nonfinite_flags(chunks, table, refs, object_data_offset, like, flags):
     """``flags[k] = 1`` for each variable of a group whose gradient holds NaN or +-inf
     (``flags`` starts at 0; ``like`` is any array of the group's dtype); mutates
-    ``flags``. Returns True when no gradient does. The serial loop stops at the first
-    chunk holding a non-finite value; the parallel loop checks every chunk."""
-    if parallel:
-        bad = 0
-        for c in prange(chunks.shape[0]):
-            if not _chunk_all_finite(c, chunks, table, refs, object_data_offset, like):
-                flags[chunks[c, 0]] = 1
-                bad += 1
-        return bad == 0
-    for c in range(chunks.shape[0]):
+    ``flags``. Returns True when no gradient does. Every chunk is read."""
+    bad = 0
+    for c in prange(chunks.shape[0]):
         if not _chunk_all_finite(c, chunks, table, refs, object_data_offset, like):
             flags[chunks[c, 0]] = 1
-            return False
-    return True
+            bad += 1
+    return bad == 0
 
 
-DISPATCHERS = (update, accumulate, chunk_sums_of_squares, fold_chunk_sums, clip_table, all_finite,
-               nonfinite_flags)
+nonfinite_flags, nonfinite_flags_parallel = serial_and_parallel(_nonfinite_flags)
+
+
+#: Every CPU dispatcher of this module.
+DISPATCHERS = (update, update_parallel, accumulate, accumulate_parallel, chunk_sums_of_squares,
+               chunk_sums_of_squares_parallel, nonfinite_flags, nonfinite_flags_parallel,
+               fold_chunk_sums, clip_table, all_finite)

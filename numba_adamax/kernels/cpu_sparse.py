@@ -2,7 +2,8 @@
 
 Same conventions as ``cpu``: contiguous arrays (``None`` for a slot that is not
 configured) and Python scalars cast once to the variables' dtype, a serial and a
-``prange`` loop picked by the ``parallel`` argument, lazy compilation cached on disk.
+parallel variant of each kernel (``cpu.serial_and_parallel``), lazy compilation cached
+on disk.
 The per-element work is ``elementwise``'s ``sparse_*`` bodies. They take the gradient
 index ``k`` and the variable index ``i`` separately (a GPU thread can map
 ``k = r * row_size + j`` to ``i = rows[r] * row_size + j``); the loops here instead
@@ -14,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import config
-from .cpu import cast_like, elements, inline
+from .cpu import cast_like, elements, inline, serial_and_parallel
 
 # numba resolves callees as module globals, so name the bodies here.
 scatter_accumulate_at = elements.scatter_accumulate_at
@@ -44,13 +45,12 @@ def _sum_group(s, start, members, values, out):
             target[j] = target[j] + source[j]
 
 
-@njit(**config.JIT)
-def deduplicate(parallel, indices, values):
+def _deduplicate(indices, values):
     """Sum the rows of ``values`` (shape ``(k, row_size)``) that share an index.
 
     Returns ``(rows, summed)``: the distinct entries of ``indices`` (int64) in order
     of first appearance, and for each the sum of its value rows, added in order of
-    appearance (so the result does not depend on ``parallel``). When no index
+    appearance (so both variants give the same bits). When no index
     repeats, ``summed`` is ``values`` itself. Mutates nothing.
 
     An open-addressing hash table maps each index to its group in one pass; a
@@ -95,13 +95,12 @@ def deduplicate(parallel, indices, values):
         members[fill[s]] = p
         fill[s] += 1
     out = np.empty((n, values.shape[1]), values.dtype)
-    if parallel:
-        for s in prange(n):
-            _sum_group(s, start, members, values, out)
-    else:
-        for s in range(n):
-            _sum_group(s, start, members, values, out)
+    for s in prange(n):
+        _sum_group(s, start, members, values, out)
     return rows[:n].copy(), out
+
+
+deduplicate, deduplicate_parallel = serial_and_parallel(_deduplicate)
 
 
 @inline
@@ -111,16 +110,14 @@ def _accumulate_row(r, rows, row_size, g, a, loss_scale):
         scatter_accumulate_at(j, j, gr, ar, loss_scale)
 
 
-@njit(**config.JIT)
-def scatter_accumulate(parallel, rows, row_size, g, a, loss_scale):
+def _scatter_accumulate(rows, row_size, g, a, loss_scale):
     """``a[row] += g[row's values] / loss_scale`` for each (distinct) row; mutates ``a``."""
     loss_scale = cast_like(loss_scale, a)
-    if parallel:
-        for r in prange(rows.size):
-            _accumulate_row(r, rows, row_size, g, a, loss_scale)
-    else:
-        for r in range(rows.size):
-            _accumulate_row(r, rows, row_size, g, a, loss_scale)
+    for r in prange(rows.size):
+        _accumulate_row(r, rows, row_size, g, a, loss_scale)
+
+
+scatter_accumulate, scatter_accumulate_parallel = serial_and_parallel(_scatter_accumulate)
 
 
 # Exactly one of ``g`` and ``a`` is given. numba compiles a branch away only when its
@@ -146,10 +143,9 @@ def _update_row(r, rows, row_size, w, g, m, u, a, loss_scale, steps, clip_scale,
                              epsilon, bias_correction)
 
 
-@njit(**config.JIT)
-def update_rows(parallel, rows, row_size, w, g, m, u, a, loss_scale, steps, clip_scale,
-                clip_divisor, clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2, epsilon,
-                bias_correction):
+def _update_rows(rows, row_size, w, g, m, u, a, loss_scale, steps, clip_scale, clip_divisor,
+                 clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2, epsilon,
+                 bias_correction):
     """The lazy update of the (distinct) ``rows`` of one flat variable: mutates those
     rows of ``w``, ``m``, ``u`` (and resets them in ``a`` when given). ``g`` holds
     the deduplicated gradient rows, or is None when ``a`` holds them. See
@@ -159,16 +155,13 @@ def update_rows(parallel, rows, row_size, w, g, m, u, a, loss_scale, steps, clip
     clip_value, lr, wd = cast_like(clip_value, w), cast_like(lr, w), cast_like(wd, w)
     one_minus_beta_1, beta_2 = cast_like(one_minus_beta_1, w), cast_like(beta_2, w)
     epsilon, bias_correction = cast_like(epsilon, w), cast_like(bias_correction, w)
-    if parallel:
-        for r in prange(rows.size):
-            _update_row(r, rows, row_size, w, g, m, u, a, loss_scale, steps, clip_scale,
-                        clip_divisor, clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2,
-                        epsilon, bias_correction)
-    else:
-        for r in range(rows.size):
-            _update_row(r, rows, row_size, w, g, m, u, a, loss_scale, steps, clip_scale,
-                        clip_divisor, clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2,
-                        epsilon, bias_correction)
+    for r in prange(rows.size):
+        _update_row(r, rows, row_size, w, g, m, u, a, loss_scale, steps, clip_scale,
+                    clip_divisor, clip_value, lr, has_wd, wd, one_minus_beta_1, beta_2,
+                    epsilon, bias_correction)
+
+
+update_rows, update_rows_parallel = serial_and_parallel(_update_rows)
 
 
 @inline
@@ -186,28 +179,27 @@ def _chunk_sum_of_squares(c, rows_per_chunk, rows, row_size, g, a, loss_scale, s
     return total
 
 
-@njit(**config.JIT)
-def sum_of_squares(parallel, rows, row_size, rows_per_chunk, g, a, loss_scale, steps, like):
+def _sum_of_squares(rows, row_size, rows_per_chunk, g, a, loss_scale, steps, like):
     """Sum of the squared effective gradients of ``rows``, in float64; mutates nothing.
 
     ``like`` is any array of the variables' dtype (``g`` may be None). Partial sums
-    over chunks of ``rows_per_chunk`` rows are added in order, so every loop (and
-    the CUDA kernel given the same chunking) gives the same bits.
+    over chunks of ``rows_per_chunk`` rows are added in order, so both variants (and
+    the CUDA kernel given the same chunking) give the same bits.
     """
     loss_scale, steps = cast_like(loss_scale, like), cast_like(steps, like)
     partial = np.empty((rows.size + rows_per_chunk - 1) // rows_per_chunk)
-    if parallel:
-        for c in prange(partial.size):
-            partial[c] = _chunk_sum_of_squares(c, rows_per_chunk, rows, row_size, g, a,
-                                               loss_scale, steps)
-    else:
-        for c in range(partial.size):
-            partial[c] = _chunk_sum_of_squares(c, rows_per_chunk, rows, row_size, g, a,
-                                               loss_scale, steps)
+    for c in prange(partial.size):
+        partial[c] = _chunk_sum_of_squares(c, rows_per_chunk, rows, row_size, g, a,
+                                           loss_scale, steps)
     total = 0.0
     for c in range(partial.size):
         total += partial[c]
     return total
 
 
-DISPATCHERS = (deduplicate, scatter_accumulate, update_rows, sum_of_squares)
+sum_of_squares, sum_of_squares_parallel = serial_and_parallel(_sum_of_squares)
+
+#: Every CPU dispatcher of this module.
+DISPATCHERS = (deduplicate, deduplicate_parallel, scatter_accumulate,
+               scatter_accumulate_parallel, update_rows, update_rows_parallel, sum_of_squares,
+               sum_of_squares_parallel)
