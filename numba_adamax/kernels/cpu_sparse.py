@@ -12,9 +12,8 @@ plainly non-negative, numba drops its negative-index checks and the row loop
 compiles like the dense one (several times faster than computed indices).
 """
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from . import config
 from .cpu import cast_like, elements, inline, serial_and_parallel
 
 # numba resolves callees as module globals, so name the bodies here.
