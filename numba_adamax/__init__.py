@@ -14,9 +14,10 @@ from ._hyperparameters import Hyperparameters
 from ._indexed_slices import IndexedSlices
 from ._state import AdamaxState
 from ._warmup import warmup
-from .functional import init, step
+from .functional import bind, init, step
 from .optimizer import Adamax
 
 __all__ = ["Adamax", "AdamaxState", "CheckpointError", "FlatBuffer", "Hyperparameters",
-           "IndexedSlices", "init", "load_state", "save_state", "schedules", "step", "warmup"]
+           "IndexedSlices", "bind", "init", "load_state", "save_state", "schedules", "step",
+           "warmup"]
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ is decided and run in one place:
   lazy row updates and the fused dense pass, or the accumulation micro-step.
 """
 import math
+import operator
 import os
 import sys
 import warnings
@@ -32,17 +33,18 @@ class Call:
     (None: no gradient) or a ``FlatBuffer`` laid out like the variables.
     ``hyperparameters``: the settings it runs with. ``learning_rate``: the rate of
     an update step, None on an accumulation micro-step. ``skipped``: True when the
-    ``"skip"`` policy drops the call (only ``skipped_steps`` changes).
+    ``"skip"`` policy drops the call (only ``skipped_steps`` changes). ``refs``: the
+    drivers' gradient references packed once by a ``BoundStep``, or None.
     """
 
-    __slots__ = ("state", "grads", "hyperparameters", "learning_rate", "skipped")
+    __slots__ = ("state", "grads", "hyperparameters", "learning_rate", "skipped", "refs")
 
-    def __init__(self, state, grads, hyperparameters, learning_rate, skipped):
+    def __init__(self, state, grads, hyperparameters, learning_rate, skipped, refs=None):
         self.state, self.grads, self.hyperparameters = state, grads, hyperparameters
-        self.learning_rate, self.skipped = learning_rate, skipped
+        self.learning_rate, self.skipped, self.refs = learning_rate, skipped, refs
 
 
-def prepare(state, grads, passed=None, hyperparameters=None):
+def prepare(state, grads, passed=None, hyperparameters=None, refs=None):
     """Check one call's gradients and decide what it does; mutates nothing.
 
     ``grads`` has one entry per state variable (or is a ``FlatBuffer`` that
@@ -50,7 +52,8 @@ def prepare(state, grads, passed=None, hyperparameters=None):
     named (default: all); a ``None`` gradient among them is reported with a
     ``UserWarning`` pointing at the caller's code. ``hyperparameters`` (default
     ``state.hyperparameters``) are the settings the call runs with: a caller about
-    to install new settings of the same structure passes them here.
+    to install new settings of the same structure passes them here. ``refs``: the
+    packed references of gradients a ``BoundStep`` checked when it was made.
 
     Raises ``ValueError`` if no gradient at all is given, ``TypeError`` /
     ``ValueError`` for a bad gradient, ``FloatingPointError`` for a NaN/inf gradient
@@ -59,8 +62,10 @@ def prepare(state, grads, passed=None, hyperparameters=None):
     """
     hp = state.hyperparameters if hyperparameters is None else hyperparameters
     flat = type(grads) is FlatBuffer
-    missing = 0 if flat else check.gradients(grads, state.arrays, state.names)
-    skipped = hp.nonfinite != "propagate" and _screen_nonfinite(state, grads, hp.nonfinite)
+    missing = 0 if flat or refs is not None else check.gradients(grads, state.arrays,
+                                                                   state.names)
+    skipped = hp.nonfinite != "propagate" and _screen_nonfinite(state, grads, hp.nonfinite,
+                                                                refs)
     learning_rate = None
     if not skipped and _is_update_step(state, hp):
         learning_rate = hp.learning_rate_at(state.raw_steps)
@@ -70,7 +75,7 @@ def prepare(state, grads, passed=None, hyperparameters=None):
         if names:
             warnings.warn(f"Gradients do not exist for variables {names} when minimizing "
                           "the loss.", UserWarning, stacklevel=_first_frame_outside_package())
-    return Call(state, grads, hp, learning_rate, skipped)
+    return Call(state, grads, hp, learning_rate, skipped, refs)
 
 
 def _first_frame_outside_package():
@@ -88,12 +93,12 @@ def _is_update_step(state, hp):
     return steps is None or (state.raw_steps + 1) % steps == 0
 
 
-def _screen_nonfinite(state, grads, policy):
+def _screen_nonfinite(state, grads, policy, refs=None):
     """True when the call must be skipped (``"skip"``) because a gradient holds NaN or
     inf; raises ``FloatingPointError`` naming the first such variable under
     ``"raise"``. Dense gradients are checked per dtype group (one read pass each),
     then the values of sparse ones. Mutates nothing."""
-    bad = _first_nonfinite(state, grads)
+    bad = _first_nonfinite(state, grads, refs)
     if bad is None:
         return False
     if policy == "raise":
@@ -102,12 +107,13 @@ def _screen_nonfinite(state, grads, policy):
     return True
 
 
-def _first_nonfinite(state, grads):
+def _first_nonfinite(state, grads, refs):
     backend = state.backend
     sparse = type(grads) is not FlatBuffer and _sparse.has_sparse(grads)
     dense = _dense_part(grads) if sparse else grads
     if type(dense) is FlatBuffer or any(g is not None for g in dense):
-        refs = backend.gradient_refs(state, _kernel_view(dense))
+        if refs is None:
+            refs = backend.gradient_refs(state, _kernel_view(dense))
         for group, group_refs in zip(state.groups, refs):
             flags = backend.nonfinite_flags(state, group, group_refs)
             if flags.any():
@@ -208,7 +214,7 @@ def commit(call):
     if state.window is not None or (type(grads) is not FlatBuffer and _sparse.has_sparse(grads)):
         sparse = _sparse.prepare(state, grads, settings)
     dense = [None if i in sparse else g for i, g in enumerate(grads)] if sparse else grads
-    refs = backend.gradient_refs(state, _kernel_view(dense))
+    refs = call.refs or backend.gradient_refs(state, _kernel_view(dense))
     if settings.micro_step:
         for group, group_refs in zip(state.groups, refs):
             backend.accumulate(state, group, group_refs, settings)
@@ -241,3 +247,40 @@ def _clip_tables(state, refs, sparse, settings):
     for i, rows in sparse.items():
         backend.sparse_square_sum(state, i, rows, settings, sums)
     return backend.clip_tables(state, sums, settings)
+
+
+class BoundStep:
+    """One optimizer call over the same gradient arrays every time, packed once.
+
+    Made by ``functional.bind`` (or ``Adamax.bind``), which checks the gradients
+    fully; a call then skips the matching and the per-array checks of ``apply``: it
+    only confirms that the arrays are the ones bound (when passed) and still have
+    their variable's shape and dtype, then applies the ``nonfinite`` policy, the
+    learning rate and the update like any call. Write each step's gradients into
+    the bound arrays in place.
+    """
+
+    __slots__ = ("state", "grads", "_refs", "_expected")
+
+    def __init__(self, state, grads):
+        self.state = state
+        self.grads = tuple(grads)
+        self._refs = state.backend.bound_refs(state, list(self.grads))
+        self._expected = tuple((g, tuple(a.shape), a.dtype)
+                               for g, a in zip(self.grads, state.arrays) if g is not None)
+
+    def __call__(self, grads=None):
+        """Apply one call with the bound gradient arrays' current contents; mutates the
+        variables, the slots and the counters. ``grads``, when given, must hold the
+        bound arrays themselves (``ValueError`` otherwise, before anything changes)."""
+        if grads is not None and not (len(grads) == len(self.grads)
+                                      and all(map(operator.is_, grads, self.grads))):
+            raise ValueError("`grads` are not the arrays this step was bound to; pass the "
+                             "same arrays (write new values into them), or bind again.")
+        for g, shape, dtype in self._expected:
+            if g.shape != shape or g.dtype != dtype:
+                raise ValueError(f"A bound gradient now has shape {tuple(g.shape)} and dtype "
+                                 f"{g.dtype}; its variable has shape {shape} and dtype "
+                                 f"{dtype}. Bind again.")
+        commit(prepare(self.state, self.grads, refs=self._refs))
+        return self.state

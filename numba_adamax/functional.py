@@ -1,6 +1,6 @@
-"""The functional API, ``init`` and ``step``, and the two things every entry point
-shares: ``match`` (a call's arguments to a state) and ``adopt`` (a new state's
-exclusions, stream and lock)."""
+"""The functional API, ``init``, ``step`` and ``bind``, and the two things every
+entry point shares: ``match`` (a call's arguments to a state) and ``adopt`` (a new
+state's exclusions, stream and lock)."""
 import operator
 
 from . import _apply
@@ -8,6 +8,7 @@ from . import _state
 from . import _validation as check
 from ._flat_buffer import FlatBuffer
 from ._hyperparameters import Hyperparameters
+from ._indexed_slices import IndexedSlices
 
 
 def init(params, *, names=None, exclude_from_weight_decay=None, stream=None, **hyperparameters):
@@ -62,6 +63,28 @@ def step(params, grads, state, *, stream=None):
     grads, passed = match(state, grads, params, argument="params", in_order=True)
     _apply.commit(_apply.prepare(state, grads, passed))
     return state
+
+
+def bind(params, grads, state):
+    """A ``BoundStep`` for ``step(params, grads, state)`` with these very arrays: the
+    arguments are matched and checked once, here, and each call of the result applies
+    one step with the arrays' current contents (write the gradients into them in
+    place). ``grads`` are dense arrays or None (an ``IndexedSlices`` is refused:
+    sparse gradients change every step). Mutates nothing; raises as ``step`` would.
+    """
+    grads, _ = match(state, grads, params, argument="params", in_order=True)
+    return _bound(state, grads)
+
+
+def _bound(state, grads):
+    """``BoundStep`` over the per-variable ``grads`` (or a ``FlatBuffer``), checked."""
+    if type(grads) is FlatBuffer:
+        grads = list(grads.arrays)
+    if any(type(g) is IndexedSlices for g in grads):
+        raise TypeError("An IndexedSlices gradient cannot be bound: its rows change every "
+                        "step. Pass sparse gradients to apply()/step() instead.")
+    check.gradients(grads, state.arrays, state.names)
+    return _apply.BoundStep(state, grads)
 
 
 def is_flat_gradient(state, grads):

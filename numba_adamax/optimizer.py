@@ -192,6 +192,26 @@ class Adamax:
             self._adopt(state)  # only now: a failed first call builds nothing
         _apply.commit(call)
 
+    def bind(self, grads, variables=None):
+        """A ``BoundStep``: ``apply(grads, variables)`` with these very arrays, matched
+        and checked once; each call of the result applies one step with the arrays'
+        current contents (write the gradients into them in place), at a fraction of
+        ``apply``'s fixed cost. The optimizer is built here if it is not yet
+        (``variables`` are then required). ``grads`` are dense arrays or None, as a
+        list, dict or ``FlatBuffer``. Nothing changes if a check fails.
+        """
+        state = self._state
+        fresh = state is None
+        if fresh:
+            if variables is None:
+                raise ValueError("`bind` needs `variables` until the optimizer is built.")
+            state = self._new_state(variables)
+        grads, _ = functional.match(state, grads, variables)
+        bound = functional._bound(state, grads)
+        if fresh:
+            self._adopt(state)
+        return bound
+
     def apply_gradients(self, grads_and_vars):
         """``apply`` on a sequence of ``(gradient, variable)`` pairs; returns the call count."""
         pairs = check.sequence(list(grads_and_vars), "`grads_and_vars`")

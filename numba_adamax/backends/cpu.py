@@ -71,6 +71,12 @@ def gradient_refs(state, grads):
     return refs
 
 
+def bound_refs(state, grads):
+    """``gradient_refs`` of ``grads`` in tables of their own, to be reused by every call
+    while the caller keeps the arrays alive."""
+    return [(np.array(table), offset) for table, offset in gradient_refs(state, grads)]
+
+
 def nonfinite_flags(state, group, refs):
     """Per variable of ``group``, True where its gradient holds NaN or inf; one read
     pass over the gradients (stopping early on the serial path). Mutates nothing."""

@@ -104,6 +104,14 @@ def gradient_refs(state, grads):
     return [group.device_group.refs for group in state.groups]
 
 
+def bound_refs(state, grads):
+    """Per group, a device array of its gradients' addresses of its own, to be reused
+    by every call while the caller keeps the arrays alive."""
+    return [cuda.to_device(np.array([0 if grads[i] is None else data_address(grads[i])
+                                     for i in group.indices], np.int64))
+            for group in state.groups]
+
+
 def nonfinite_flags(state, group, refs):
     """Per variable of ``group``, True where its gradient holds NaN or inf: one read
     pass and one small device-to-host copy. Mutates nothing else."""
