@@ -182,3 +182,18 @@ def test_a_long_first_compile_says_so_on_the_logger(tmp_path):
     assert "float32" in notices[0] and "cached on disk" in notices[0]
     warm = run_python(code, env=env)  # loaded from the cache: nothing compiles, nothing said
     assert warm.returncode == 0 and "numba_adamax|" not in warm.stderr, warm.stderr
+
+
+def test_the_torch_optimizer_warms_up_its_groups():
+    torch = pytest.importorskip("torch")
+    from numba_adamax.integrations.torch import Adamax
+    embedding = torch.nn.Embedding(10, 4, sparse=True)
+    dense = torch.nn.Linear(4, 2)
+    opt = Adamax([{"params": embedding.parameters()},
+                  {"params": dense.parameters(), "clipnorm": 1.0}])
+    opt.warmup(sparse=True)
+    before = _signatures()
+    dense(embedding(torch.tensor([1, 3, 1]))).sum().backward()
+    opt.step()
+    assert _signatures() == before
+    assert int(opt.state[dense.weight]["step"]) == 1

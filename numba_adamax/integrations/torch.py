@@ -223,6 +223,16 @@ class Adamax(torch.optim.Optimizer):
                     entry[key] = torch.from_numpy(state.slot(k, slot))
             self.state[p] = entry
 
+    def warmup(self, sparse=False):
+        """Compile (or load from the disk cache) the kernels every parameter group's
+        steps will run (see ``numba_adamax.warmup``), so the first ``step()`` compiles
+        nothing; ``sparse=True`` also compiles those of sparse gradients (e.g. from
+        ``nn.Embedding(sparse=True)``). Changes no parameter, slot or counter."""
+        from .._warmup import warmup
+        for binding in self._bindings:
+            if binding.state is not None:
+                warmup(binding.state, sparse=sparse)
+
     @property
     def flat_buffers(self):
         """Per group, a dict dtype -> the contiguous tensor that holds the group's
