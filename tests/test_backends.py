@@ -11,7 +11,7 @@ from numba_adamax import backends
 from numba_adamax.backends import cpu
 
 OPERATIONS = ("device_arrays", "zeros", "data_address", "attach", "upload_table",
-              "gradient_refs", "nonfinite_flags", "values_finite", "chunk_square_partials",
+              "gradient_refs", "bound_refs", "nonfinite_flags", "values_finite", "chunk_square_partials",
               "new_square_sums", "fold_square_partials", "sparse_square_sum", "clip_tables",
               "update", "accumulate", "ema_only", "deduplicate", "rows", "scatter_accumulate",
               "update_rows", "assign")
@@ -121,3 +121,18 @@ def test_the_torch_optimizer_warns_nothing_for_parameters_without_gradients():
         warnings.simplefilter("error")
         Adamax([a, b]).step()
     assert a.detach().numpy().tolist() != [0.0, 0.0, 0.0]
+
+
+def test_the_cpu_driver_asks_openmp_for_sleeping_workers_unless_the_user_chose():
+    from conftest import run_python
+    code = ("import os, sys\n"
+            "if sys.argv[1] == 'unset':\n"
+            "    os.environ.pop('OMP_WAIT_POLICY', None)\n"
+            "import numpy as np, numba_adamax as na\n"
+            "na.init([np.zeros(3)])\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'))\n")
+    unset = run_python(["-c", code, "unset"])
+    assert unset.returncode == 0, unset.stderr
+    assert unset.stdout.split()[-1] == "PASSIVE"
+    chosen = run_python(["-c", code, "kept"], env={"OMP_WAIT_POLICY": "ACTIVE"})
+    assert chosen.stdout.split()[-1] == "ACTIVE"

@@ -16,7 +16,9 @@ put work of its own (a collective, say) between any two of them:
   kernels see, slot buffers, kernel tables; ``attach`` runs once the groups exist,
   ``upload_table`` after a group's weight-decay column changed).
 * ``gradient_refs(state, grads)``: per group, what the kernels read this call's
-  gradients through (one entry per state variable in ``grads``, None for none).
+  gradients through (one entry per state variable in ``grads``, None for none);
+  ``bound_refs(state, grads)``: the same, in tables of their own that a
+  ``BoundStep`` reuses on every call.
 * ``nonfinite_flags(state, group, refs)``: per variable of ``group``, whether its
   gradient holds NaN or inf (a host bool array).
 * ``values_finite(state, values)``: whether a sparse gradient's values are finite.

@@ -7,6 +7,7 @@ with it numba) is imported when the first CPU state is created, not with the
 package; kernels compile on their first call.
 """
 import math
+import os
 
 import numpy as np
 
@@ -18,6 +19,12 @@ from .rows import Rows
 
 device = None
 compile_log.install()
+
+# OpenMP workers that spin-wait for each other lose whole scheduler ticks (about 8 ms)
+# whenever another process holds a core; sleeping workers cost tens of microseconds at
+# most. Set before numba starts its OpenMP pool (its first parallel kernel); a user's own
+# setting is kept. Measured by ``python -m numba_adamax.benchmark --busy``.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 data_address = addresses.data_address
 def device_arrays(params):
