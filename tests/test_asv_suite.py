@@ -18,7 +18,8 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     [str(ROOT), str(ASV_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
 
 sys.path.insert(0, str(ASV_DIR))
-from benchmarks import bench_compile, bench_many, bench_sparse, bench_step, common  # noqa: E402
+from benchmarks import (bench_compile, bench_many, bench_overhead, bench_sparse,  # noqa: E402
+                        bench_step, common)
 
 
 def _cuda_available():
@@ -146,3 +147,23 @@ def test_compile_track_compiles_into_a_fresh_cache():
     finally:
         bench.teardown("plain")
     assert not cache.exists()
+
+
+def test_first_step_after_warmup_compiles_nothing_in_a_fresh_cache():
+    bench = bench_compile.TrackFirstStepAfterWarmup()
+    bench.setup("clipnorm")
+    try:
+        # A compile takes seconds; a step that compiles nothing takes well under 0.1 s.
+        assert 0 < bench.track_first_step_seconds("clipnorm") < 0.1
+    finally:
+        bench.teardown("clipnorm")
+
+
+@pytest.mark.parametrize("mode", bench_overhead.MODES)
+def test_fixed_cost_benchmarks_run(mode):
+    timed = bench_overhead.TimeFixedCost()
+    timed.setup(1_000, mode)
+    timed.time_call(1_000, mode)
+    tracked = bench_overhead.TrackFixedCost()
+    tracked.setup(1_000, mode)
+    assert tracked.track_ratio_to_roofline(1_000, mode) > 1

@@ -77,7 +77,8 @@ def test_report_describes_the_machine_and_prints_tables(small_run):
     if "torch_foreach" in report["cases"][0]["times"]:
         assert threads["torch"] == threads["cpus"]
     assert machine["versions"]["numba_adamax"] == "0.1.0"
-    assert "| elements | numba_adamax | FlatBuffer | roofline | NumPy |" in proc.stdout
+    assert "| elements | numba_adamax | FlatBuffer | bound step | roofline | NumPy |" in proc.stdout
+    assert "bound step / roofline" in proc.stdout
     assert "numba_adamax / roofline" in proc.stdout
     for skipped in report["skipped"]:
         assert f"Skipped {benchmark.CONTENDERS[skipped]}:" in proc.stdout
@@ -205,3 +206,18 @@ def test_deduplication_contender_sums_repeated_rows():
     assert list(rows) == list(dict.fromkeys(indices.tolist()))  # first appearance order
     for row, total in zip(rows, summed):
         np.testing.assert_allclose(total, values[indices == row].sum(axis=0), rtol=1e-6)
+
+
+def test_busy_benchmark_reports_both_passes(tmp_path):
+    out = tmp_path / "busy.json"
+    proc = subprocess.run([sys.executable, "-m", "numba_adamax.benchmark.busy", "--steps", "5",
+                           "--workers", "1", "--rows", "2000", "--dim", "8", "--batch", "64",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert set(report) == {"quiet", "busy"}
+    for phase in report.values():
+        assert set(phase) == {"dense 40000", "sparse embedding", "dense embedding"}
+        assert all(0 < r["median"] <= r["p90"] for r in phase.values())
+    assert "| dense 40000 | busy |" in proc.stdout and "faster than the dense one" in proc.stdout

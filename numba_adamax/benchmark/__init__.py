@@ -7,7 +7,9 @@ Commands (each with ``--help``):
 * ``python -m numba_adamax.benchmark.gpu``: one step on a CUDA GPU against the copy
   bandwidth and PyTorch;
 * ``python -m numba_adamax.benchmark.nonfinite``: the cost of each ``nonfinite`` policy;
-* ``python -m numba_adamax.benchmark.numpy``: numba_adamax against NumPy alone.
+* ``python -m numba_adamax.benchmark.numpy``: numba_adamax against NumPy alone;
+* ``python -m numba_adamax.benchmark.busy``: step latency (median, p90) beside CPU-bound
+  processes.
 
 Modules: ``problems`` (the data), ``contenders`` (the timed implementations),
 ``roofline`` (streaming kernels with a step's memory traffic), ``devices`` (CPU or

@@ -63,6 +63,14 @@ def numba_adamax_list(ws, gs, options=None, calls=1):
     return step
 
 
+def numba_adamax_bound(ws, gs):
+    """The class API's bound step (``Adamax.bind``) over the arrays of ``gs``."""
+    import numba_adamax as na
+    w = [x.copy() for x in ws]
+    opt = na.Adamax(learning_rate=LR, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON)
+    return opt.bind(gs, w)
+
+
 def numba_adamax_flat(ws, gs):
     """The class API on ``FlatBuffer`` parameters and gradients."""
     import numba_adamax as na

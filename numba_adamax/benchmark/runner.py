@@ -8,6 +8,7 @@ Contenders (each skipped, with the reason, when its library is missing):
 
 * ``numba_adamax``: ``Adamax().apply(grads, params)`` with lists of arrays;
 * ``flat``: the same with ``FlatBuffer`` parameters and gradients;
+* ``bound``: the bound step of ``Adamax.bind`` over the same gradient arrays;
 * ``roofline``: a bare streaming kernel over one buffer of all the elements, with the
   memory traffic of the step (reads g, w, m, u; writes w, m, u: 28 bytes per float32
   element) and the same serial/parallel threshold (see ``roofline``);
@@ -50,6 +51,7 @@ __all__ = ["CONTENDERS", "PEERS", "VARIANT_NAMES", "configure_threads", "describ
 CONTENDERS = {
     "numba_adamax": "numba_adamax",
     "flat": "FlatBuffer",
+    "bound": "bound step",
     "roofline": "roofline",
     "numpy": "NumPy",
     "torch_foreach": "torch foreach",
@@ -82,6 +84,7 @@ def _builders(names, threads):
     table = {
         "numba_adamax": _contenders.numba_adamax_list,
         "flat": _contenders.numba_adamax_flat,
+        "bound": _contenders.numba_adamax_bound,
         "roofline": _contenders.roofline,
         "numpy": _contenders.numpy_adamax,
         "torch_foreach": lambda ws, gs: _contenders.torch_adamax(ws, gs, True, threads),
@@ -157,7 +160,8 @@ def _ratio(a, b):
 def _case_ratios(times, reference):
     t = {name: r["median"] for name, r in times.items()}
     ratios = {"numba_adamax/roofline": _ratio(t.get("numba_adamax"), t.get("roofline")),
-              "flat/roofline": _ratio(t.get("flat"), t.get("roofline"))}
+              "flat/roofline": _ratio(t.get("flat"), t.get("roofline")),
+              "bound/roofline": _ratio(t.get("bound"), t.get("roofline"))}
     for peer in PEERS:
         ratios[f"{peer}/{reference}"] = _ratio(t.get(peer), t.get(reference))
     return ratios
@@ -291,12 +295,13 @@ def format_report(report):
     out += ["", "Ratios of median times; the reference is numba_adamax on a list of arrays "
             "for a dense array and the FlatBuffer path for the many tensors "
             "(a peer ratio > 1 means numba_adamax is faster):", ""]
-    header = ["elements", "roofline GB/s", "numba_adamax / roofline", "FlatBuffer / roofline"]
+    header = ["elements", "roofline GB/s", "numba_adamax / roofline", "FlatBuffer / roofline",
+              "bound step / roofline"]
     header += [f"{CONTENDERS[p]} / ref" for p in PEERS]
     out.append(_markdown(header, [
         [_case_label(c), _fmt_bandwidth(c["times"].get("roofline")),
          _fmt_ratio(c["ratios"]["numba_adamax/roofline"]),
-         _fmt_ratio(c["ratios"]["flat/roofline"])]
+         _fmt_ratio(c["ratios"]["flat/roofline"]), _fmt_ratio(c["ratios"]["bound/roofline"])]
         + [_fmt_ratio(c["ratios"][f"{p}/{c['reference']}"]) for p in PEERS]
         for c in report["cases"]]))
     if report["variants"]:
