@@ -59,7 +59,7 @@ def prepare(state, grads, passed=None, hyperparameters=None):
     """
     hp = state.hyperparameters if hyperparameters is None else hyperparameters
     flat = type(grads) is FlatBuffer
-    missing = 0 if flat else check.gradients(grads, state.arrays, state.names)
+    missing, grads = (0, grads) if flat else check.gradients(grads, state.arrays, state.names)
     skipped = hp.nonfinite != "propagate" and _screen_nonfinite(state, grads, hp.nonfinite)
     learning_rate = None
     if not skipped and _is_update_step(state, hp):

@@ -654,6 +654,29 @@ def test_special_weights_match_the_cpu_with_and_without_weight_decay(weight_deca
     assert np.isinf(results[1][1][0]) and np.signbit(results[1][1][1])
 
 
+def test_sparse_device_indices_are_copied_to_the_host_once(monkeypatch):
+    indices = cuda.to_device(np.array([3, 1, 3, 0, 1]))
+    copies = []
+    copy_to_host = type(indices).copy_to_host
+
+    def counted(self, *args, **kwargs):
+        if self is indices:
+            copies.append(1)
+        return copy_to_host(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(indices), "copy_to_host", counted)
+    rng = np.random.default_rng(17)
+    table = rng.standard_normal((5, 2)).astype(np.float32)
+    variable = cuda.to_device(table)
+    values = cuda.to_device(rng.standard_normal((5, 2)).astype(np.float32))
+    cpu = table.copy()
+    na.Adamax(0.1).apply([na.IndexedSlices(values, indices)], [variable])
+    assert len(copies) == 1  # the validation's range check; the deduplication reuses it
+    na.Adamax(0.1).apply([na.IndexedSlices(values.copy_to_host(), indices.copy_to_host())],
+                         [cpu])
+    np.testing.assert_array_equal(variable.copy_to_host(), cpu)
+
+
 def test_every_kernel_is_listed_for_the_ptx_check():
     listed = {(module, kernel) for module, kernel, _, _ in signatures.signatures()}
     defined = {(label, name) for label, module in KERNEL_MODULES.items()
