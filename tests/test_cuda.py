@@ -3,7 +3,8 @@ sparse ``IndexedSlices`` gradients (parity with the CPU's lazy path, the legacy-
 
 Runs under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) in CI and unchanged on a
 real GPU; skipped otherwise. ``config.BLOCK_SIZE`` and ``config.CHUNK`` are patched small,
-so the tiny variables here span several chunks, blocks and a partial block.
+so the tiny variables here span several chunks, blocks and a partial block; on a GPU the
+parity over every configuration also runs with the real launch sizes.
 
 Every kernel launch of these tests records its argument types, and the last test checks
 that each is one of the signatures ``numba_adamax.gpu_check`` compiles to PTX offline
@@ -46,6 +47,10 @@ from sparse_helpers import (PATTERNS, SPARSE_NAMES, TF, TF_NAMES, legacy_grads, 
 pytestmark = [pytest.mark.cuda, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 SHAPES = ((3, 5), (7,), (2, 3), (0,), (13,))  # small: the simulator runs every thread in Python
+#: Several chunks of the real ``config.CHUNK`` and partial blocks (GPU only).
+FULL_SHAPES = ((70001,), (300, 129), (1,), (0,), (16384,))
+SIMULATED = bool(numba.config.ENABLE_CUDASIM)
+DEFAULT_LAUNCHES = {"BLOCK_SIZE": config.BLOCK_SIZE, "CHUNK": config.CHUNK}
 
 #: ``(kernel module, kernel name, argument types)`` of every launch of this module's tests.
 LAUNCHES = set()
@@ -132,6 +137,15 @@ def _assert_same(a, b, exact, what):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_every_config_matches_the_cpu(name):
     _assert_config_matches_the_cpu(name, *_problem(1, 4))
+
+
+@pytest.mark.skipif(SIMULATED, reason="real launch sizes: too slow for the simulator")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_config_matches_the_cpu_at_full_launch_size(name, dtype, monkeypatch):
+    for key, value in DEFAULT_LAUNCHES.items():
+        monkeypatch.setattr(config, key, value)
+    _assert_config_matches_the_cpu(name, *_problem(1, 4, np.dtype(dtype), shapes=FULL_SHAPES))
 
 
 def _assert_config_matches_the_cpu(name, params, grads):

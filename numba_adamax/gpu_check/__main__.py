@@ -35,10 +35,15 @@ def main(argv=None):
                         help="only compile every kernel to PTX and assemble it (no GPU)")
     parser.add_argument("--keep-ptx", metavar="DIR",
                         help="with --offline: keep the PTX and cubins in DIR")
+    parser.add_argument("--out", metavar="DIR", default="gpu_check_report",
+                        help="where the device run writes report.json and report.md")
+    parser.add_argument("--budget", type=float, default=470.0, metavar="SECONDS",
+                        help="wall-clock budget of the device run (default 470)")
     args = parser.parse_args(argv)
     if args.offline:
         return offline(args.keep_ptx)
-    parser.error("only --offline is available")
+    from . import device
+    return device.run(args.out, budget=args.budget)
 
 
 if __name__ == "__main__":
