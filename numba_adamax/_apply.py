@@ -62,8 +62,10 @@ def prepare(state, grads, passed=None, hyperparameters=None, refs=None):
     """
     hp = state.hyperparameters if hyperparameters is None else hyperparameters
     flat = type(grads) is FlatBuffer
-    missing = 0 if flat or refs is not None else check.gradients(grads, state.arrays,
-                                                                   state.names)
+    if flat or refs is not None:
+        missing = 0
+    else:
+        missing, grads = check.gradients(grads, state.arrays, state.names)
     skipped = hp.nonfinite != "propagate" and _screen_nonfinite(state, grads, hp.nonfinite,
                                                                 refs)
     learning_rate = None

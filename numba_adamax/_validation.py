@@ -240,10 +240,17 @@ def gradients(grads, params, names):
     """Check a call's gradients (one per variable; ``None`` allowed, ``IndexedSlices``
     for a sparse one) against ``params``; see ``gradient`` and ``sparse_gradient``.
     The common case (a plain C-contiguous array of the right dtype and shape) costs
-    a few attribute reads; the detailed checks run only for the rest. Returns the
-    number of ``None`` entries; raises ``ValueError`` when every entry is ``None``."""
+    a few attribute reads; the detailed checks run only for the rest. Raises
+    ``ValueError`` when every entry is ``None``.
+
+    Returns ``(missing, grads)``: the number of ``None`` entries, and the gradients
+    to run with. Those are ``grads`` itself, unless an ``IndexedSlices`` has device
+    ``indices``: its host copy (made for the range check) then replaces them in a
+    new ``IndexedSlices`` of a new list, so that the deduplication does not copy them
+    again. The caller's objects are not mutated."""
     missing = 0
-    for g, var, name in zip(grads, params, names):
+    checked = grads
+    for k, (g, var, name) in enumerate(zip(grads, params, names)):
         if g is None:
             missing += 1
             continue
@@ -252,12 +259,15 @@ def gradients(grads, params, names):
             continue
         label = f"gradient for variable {name!r}"
         if isinstance(g, IndexedSlices):
-            sparse_gradient(g, var, label)
+            host = sparse_gradient(g, var, label)
+            if host is not None:
+                checked = list(checked) if checked is grads else checked
+                checked[k] = IndexedSlices(g.values, host, g.dense_shape)
         else:
             gradient(g, var, label)
     if missing == len(grads):
         raise ValueError("No gradients provided for any variable.")
-    return missing
+    return missing, checked
 
 
 def device_array(x, label):
@@ -346,6 +356,7 @@ def sparse_gradient(g, var, label):
     for a device variable also a CUDA device array (copied to the host for the range
     check). ``dense_shape``: None or the variable's shape. Raises ``TypeError`` for a
     wrong kind of object or dtype and ``ValueError`` for a wrong shape, layout or index.
+    Returns the host copy of device ``indices``, else None.
     """
     values, indices, dense_shape = g.values, g.indices, g.dense_shape
     on_device = _devices.kind(var) == _devices.CUDA
@@ -362,7 +373,9 @@ def sparse_gradient(g, var, label):
         if indices_view.ndim != 1:
             raise ValueError(f"{label}: `indices` must be 1-D, got shape "
                              f"{tuple(indices_view.shape)}.")
-        indices = indices_view.copy_to_host()
+        indices = host = indices_view.copy_to_host()
+    else:
+        host = None
     if not isinstance(indices, np.ndarray):
         kinds = ("a numpy.ndarray or a CUDA device array" if on_device
                  else "a numpy.ndarray")
@@ -402,6 +415,7 @@ def sparse_gradient(g, var, label):
         if shape != tuple(var.shape):
             raise ValueError(f"{label}: `dense_shape` is {shape} but its variable has shape "
                              f"{tuple(var.shape)}.")
+    return host
 
 
 def exclusion_pattern(var_names):

@@ -9,8 +9,8 @@ other helper modules of this folder.
 * State snapshots: :func:`snapshot_state` copies everything a call may change,
   :func:`assert_unchanged` compares two snapshots bit for bit.
 * :func:`run_python`: a fresh interpreter that imports this checkout of the package.
-* The ``slow`` marker (subprocess- and Hypothesis-heavy tests): ``pytest -m "not slow"`` is the
-  quick run; the default run includes them.
+* The ``slow`` marker (subprocess- and Hypothesis-heavy tests, the PTX compilation of every
+  CUDA kernel): ``pytest -m "not slow"`` is the quick run; the default run includes them.
 
 This module imports neither torch nor ``numba.cuda``: device arrays are recognised by their
 ``copy_to_host`` method.
@@ -25,7 +25,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: Marks the tests that start Python processes or draw many Hypothesis examples.
+#: Marks the tests that start Python processes, draw many Hypothesis examples or compile
+#: every CUDA kernel.
 slow = pytest.mark.slow
 
 # --------------------------------------------------------------------------- the problem

@@ -139,16 +139,19 @@ def _imported_modules(path):
 
 
 def test_no_runtime_module_imports_the_benchmark():
+    """Nor the device check (``gpu_check``), the other command-line subpackage, which may
+    use the benchmark."""
     package_dir = ROOT / "numba_adamax"
+    tools = ("benchmark", "gpu_check")
     runtime = [path for path in package_dir.rglob("*.py")
-               if "benchmark" not in path.relative_to(package_dir).parts]
+               if not set(tools) & set(path.relative_to(package_dir).parts)]
     assert len(runtime) > 10 and package_dir / "_apply.py" in runtime
     # the check resolves relative imports: it sees the subpackage's own
     assert "numba_adamax.benchmark.runner" in _imported_modules(
         package_dir / "benchmark" / "__main__.py")
     for path in runtime:
-        assert not {m for m in _imported_modules(path) if m == "numba_adamax.benchmark"
-                    or m.startswith("numba_adamax.benchmark.")}, path
+        assert not {m for m in _imported_modules(path) for tool in tools
+                    if m == f"numba_adamax.{tool}" or m.startswith(f"numba_adamax.{tool}.")}, path
 
 
 def test_benchmark_numpy_baseline_matches_library():

@@ -3,7 +3,12 @@ sparse ``IndexedSlices`` gradients (parity with the CPU's lazy path, the legacy-
 
 Runs under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) in CI and unchanged on a
 real GPU; skipped otherwise. ``config.BLOCK_SIZE`` and ``config.CHUNK`` are patched small,
-so the tiny variables here span several chunks, blocks and a partial block.
+so the tiny variables here span several chunks, blocks and a partial block; on a GPU the
+parity over every configuration also runs with the real launch sizes.
+
+Every kernel launch of these tests records its argument types, and the last test checks
+that each is one of the signatures ``numba_adamax.gpu_check`` compiles to PTX offline
+(tests/test_ptx.py).
 
 Tolerances: the CPU and CUDA kernels run the same float operations in the same order on
 every element, so results are compared bit for bit, except under ``clipnorm`` /
@@ -15,6 +20,7 @@ calls whose gradients are all sparse are compared bit for bit under clipping by 
 import os
 import warnings
 
+import numba
 import numpy as np
 import pytest
 
@@ -27,7 +33,10 @@ if cuda is None or not (os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or cuda.is
 
 import numba_adamax as na  # noqa: E402
 from numba_adamax import _devices  # noqa: E402
+from numba_adamax.gpu_check import signatures  # noqa: E402
 from numba_adamax.kernels import config  # noqa: E402
+from numba_adamax.kernels import cuda as cuda_kernels  # noqa: E402
+from numba_adamax.kernels import cuda_sparse as cuda_sparse_kernels  # noqa: E402
 from configs import CONFIGS, NORM_CLIPPING_CONFIGS, Clock, build_optimizer  # noqa: E402
 from conformance import load_keras_configs, optimizer_kwargs  # noqa: E402
 from conftest import (NAMES, assert_unchanged, recorded_tolerance,  # noqa: E402
@@ -38,6 +47,60 @@ from sparse_helpers import (PATTERNS, SPARSE_NAMES, TF, TF_NAMES, legacy_grads, 
 pytestmark = [pytest.mark.cuda, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 SHAPES = ((3, 5), (7,), (2, 3), (0,), (13,))  # small: the simulator runs every thread in Python
+#: Several chunks of the real ``config.CHUNK`` and partial blocks (GPU only).
+FULL_SHAPES = ((70001,), (300, 129), (1,), (0,), (16384,))
+SIMULATED = bool(numba.config.ENABLE_CUDASIM)
+DEFAULT_LAUNCHES = {"BLOCK_SIZE": config.BLOCK_SIZE, "CHUNK": config.CHUNK}
+
+#: ``(kernel module, kernel name, argument types)`` of every launch of this module's tests.
+LAUNCHES = set()
+KERNEL_MODULES = {"cuda": cuda_kernels, "cuda_sparse": cuda_sparse_kernels}
+
+
+def _kernel_names(module):
+    """The names of the kernels (not device functions) defined in ``module``."""
+    return sorted(name for name, obj in vars(module).items() if _is_kernel(obj, module))
+
+
+def _is_kernel(obj, module):
+    if isinstance(obj, _RecordedKernel):
+        return True
+    if not hasattr(obj, "py_func") or obj.py_func.__module__ != module.__name__:
+        return False
+    if hasattr(obj, "_device"):  # the simulator's kernels and device functions
+        return not obj._device
+    return not obj.targetoptions.get("device", True)
+
+
+def _argument_type(value):
+    """The type the CUDA dispatcher gives a launch argument (a simulator device array
+    wraps a NumPy array in ``_ary``)."""
+    return numba.typeof(getattr(value, "_ary", value))
+
+
+class _RecordedKernel:
+    """A kernel whose launches add their argument types to ``LAUNCHES``."""
+
+    def __init__(self, module, name, kernel):
+        self.module, self.name, self.kernel = module, name, kernel
+
+    def __getitem__(self, launch):
+        configured = self.kernel[launch]
+
+        def run(*args):
+            LAUNCHES.add((self.module, self.name, tuple(_argument_type(a) for a in args)))
+            return configured(*args)
+
+        return run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def recorded_launches():
+    with pytest.MonkeyPatch.context() as patch:
+        for label, module in KERNEL_MODULES.items():
+            for name in _kernel_names(module):
+                patch.setattr(module, name, _RecordedKernel(label, name, getattr(module, name)))
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -46,10 +109,10 @@ def small_launches(monkeypatch):
     monkeypatch.setattr(config, "CHUNK", 6)
 
 
-def _problem(seed, steps, dtype=np.float32, with_none=True):
+def _problem(seed, steps, dtype=np.float32, with_none=True, shapes=SHAPES):
     rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
-    grads = [[rng.standard_normal(s).astype(dtype) for s in SHAPES] for _ in range(steps)]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(steps)]
     if with_none:
         grads[1][2] = None
     return params, grads
@@ -73,9 +136,24 @@ def _assert_same(a, b, exact, what):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_every_config_matches_the_cpu(name):
+    _assert_config_matches_the_cpu(name, *_problem(1, 4))
+
+
+@pytest.mark.skipif(SIMULATED, reason="real launch sizes: too slow for the simulator")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_every_config_matches_the_cpu_at_full_launch_size(name, dtype, monkeypatch):
+    for key, value in DEFAULT_LAUNCHES.items():
+        monkeypatch.setattr(config, key, value)
+    _assert_config_matches_the_cpu(name, *_problem(1, 4, np.dtype(dtype), shapes=FULL_SHAPES))
+
+
+def _assert_config_matches_the_cpu(name, params, grads):
+    """CPU and CUDA optimizers of configuration ``name`` stepped on equal copies of
+    ``params`` and ``grads``: equal variables, slots and finalized values (bit for bit,
+    except under clipping by norm)."""
     config = CONFIGS[name]
-    steps = 4
-    params, grads = _problem(1, steps)
+    steps = len(grads)
     cpu_vars = [p.copy() for p in params]
     gpu_vars = [cuda.to_device(p) for p in params]
     clock = Clock()
@@ -588,3 +666,43 @@ def test_special_weights_match_the_cpu_with_and_without_weight_decay(weight_deca
         np.testing.assert_array_equal(np.signbit(cpu), np.signbit(gpu))
     assert np.isnan(results[1][0][0]) == (weight_decay is not None)
     assert np.isinf(results[1][1][0]) and np.signbit(results[1][1][1])
+
+
+def test_sparse_device_indices_are_copied_to_the_host_once(monkeypatch):
+    indices = cuda.to_device(np.array([3, 1, 3, 0, 1]))
+    copies = []
+    copy_to_host = type(indices).copy_to_host
+
+    def counted(self, *args, **kwargs):
+        if self is indices:
+            copies.append(1)
+        return copy_to_host(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(indices), "copy_to_host", counted)
+    rng = np.random.default_rng(17)
+    table = rng.standard_normal((5, 2)).astype(np.float32)
+    variable = cuda.to_device(table)
+    values = cuda.to_device(rng.standard_normal((5, 2)).astype(np.float32))
+    cpu = table.copy()
+    na.Adamax(0.1).apply([na.IndexedSlices(values, indices)], [variable])
+    assert len(copies) == 1  # the validation's range check; the deduplication reuses it
+    na.Adamax(0.1).apply([na.IndexedSlices(values.copy_to_host(), indices.copy_to_host())],
+                         [cpu])
+    np.testing.assert_array_equal(variable.copy_to_host(), cpu)
+
+
+def test_every_kernel_is_listed_for_the_ptx_check():
+    listed = {(module, kernel) for module, kernel, _, _ in signatures.signatures()}
+    defined = {(label, name) for label, module in KERNEL_MODULES.items()
+               for name in _kernel_names(module)}
+    assert defined == listed
+
+
+def test_every_launch_has_a_signature_the_ptx_check_compiles():
+    """Runs last: the launches of every test above, against ``gpu_check.signatures``."""
+    if not LAUNCHES:
+        pytest.skip("no launch recorded (this test checks the launches of the others)")
+    listed = {(module, kernel, argtypes) for module, kernel, argtypes, _ in
+              signatures.signatures()}
+    unlisted = sorted(f"{m}.{k}{a}" for m, k, a in LAUNCHES - listed)
+    assert not unlisted, "launches gpu_check.signatures does not list:\n" + "\n".join(unlisted)

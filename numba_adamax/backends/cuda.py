@@ -5,9 +5,10 @@ A state's groups get a ``DeviceGroup`` each (their tables on the device and the
 scratch arrays of their kernels) from ``attach``. A step copies nothing back to the
 host: clipping by norm reduces on the device and fills a device clip table that
 the update kernels read. Only the non-finite checks copy a small flag array back,
-and a sparse gradient's indices are copied to the host once, to plan its
-deduplication. Scalars are converted on the host to the group's math dtype
-(float32 for float16 variables).
+and a sparse gradient's device indices are copied to the host once, by the range
+check of ``_validation.gradients``, whose copy then plans the deduplication.
+Scalars are converted on the host to the group's math dtype (float32 for float16
+variables).
 
 Importing this module imports ``numba.cuda``; ``backends.for_arrays`` does so only
 for device arrays.
@@ -281,7 +282,8 @@ def plan(indices):
 
 
 def host_indices(indices):
-    """``indices`` as a NumPy array: copied from the device when it is a device array."""
+    """``indices`` as a NumPy array: copied from the device when it is a device array
+    (in a step they arrive on the host already, copied by the validation)."""
     if isinstance(indices, np.ndarray):
         return indices
     return _devices.as_device_array(indices).copy_to_host()

@@ -1,13 +1,16 @@
 """One Adamax step on a GPU: effective bandwidth against the device's copy bandwidth,
 and against torch.optim.Adamax(foreach=True) / torch.optim.Adam(fused=True).
 
-    python -m numba_adamax.benchmark.gpu [--repeat 20]
+    python -m numba_adamax.benchmark.gpu [--repeat 20] [--json PATH]
 
 Sizes: one float32 variable of 1e6, 1e7 and 1e8 elements, and 300 tensors of mixed
 sizes. A plain update moves 28 bytes per element (read w, g, m, u; write w, m, u).
-Without a usable CUDA GPU (or numba-cuda) the command says so and exits with status 0.
+The targets (``targets``): at least ``COPY_FRACTION_TARGET`` of the copy bandwidth at
+1e8 elements, and faster than both PyTorch optimizers at every size. Without a usable
+CUDA GPU (or numba-cuda) the command says so and exits with status 0.
 """
 import argparse
+import json
 import time
 
 import numpy as np
@@ -16,6 +19,8 @@ import numba_adamax as na
 from .devices import gpu_unavailable_reason
 
 BYTES_PER_ELEMENT = 28
+#: The share of the device-to-device copy bandwidth a step should reach at 1e8.
+COPY_FRACTION_TARGET = 0.85
 
 
 def _timed(run, repeat, synchronize):
@@ -76,11 +81,39 @@ def main(repeat=20):
     for row in rows:
         print("  ".join(f"{row[k]:>20.4g}" if isinstance(row[k], float) else f"{row[k]:>20}"
                         for k in keys))
-    return {"rows": rows}
+    checks = targets(rows)
+    for check in checks:
+        print(f"{'met' if check['met'] else 'MISSED':>6}  {check['target']}: {check['value']}")
+    return {"rows": rows, "targets": checks}
+
+
+def targets(rows):
+    """The benchmark's targets checked on ``rows`` (``main``'s): one dict per target
+    and case with ``target``, ``case``, ``value`` (text) and ``met``; a PyTorch
+    comparison is absent when PyTorch with CUDA was not there."""
+    checks = []
+    for row in rows:
+        if row["case"] == "1e8":
+            fraction = row["GB/s"] / row["copy_GB/s"]
+            checks.append({"target": f">= {COPY_FRACTION_TARGET:.0%} of the copy bandwidth",
+                           "case": row["case"], "value": f"{fraction:.1%}",
+                           "met": fraction >= COPY_FRACTION_TARGET})
+        for key, name in (("torch_adamax_ms", "torch.optim.Adamax(foreach=True)"),
+                          ("torch_adam_fused_ms", "torch.optim.Adam(fused=True)")):
+            if key in row:
+                checks.append({"target": f"faster than {name}", "case": row["case"],
+                               "value": f"{row['numba_adamax_ms']:.4g} ms vs {row[key]:.4g} ms",
+                               "met": row["numba_adamax_ms"] < row[key]})
+    return checks
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m numba_adamax.benchmark.gpu",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
-    main(repeat=parser.parse_args().repeat)
+    parser.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    args = parser.parse_args()
+    result = main(repeat=args.repeat)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)

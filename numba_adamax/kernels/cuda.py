@@ -6,31 +6,76 @@ device: ``chunks[c] = (k, begin, end)``, ``table[k] = (data address, size, slot
 offset, weight decay on)`` and ``refs[k]``, the device data address of variable
 ``k``'s gradient (0: none this call). One launch serves a whole dtype group: blocks
 stride over the chunks and the threads of a block stride over the elements of a
-chunk. ``cuda_pointers.array_at`` turns an address into a typed array (the only
-place real hardware and the simulator differ).
+chunk. ``cuda_pointers.array_at`` turns an address into a typed array.
 
 Only the loops differ from the CPU: the element functions are ``elementwise``'s,
-compiled with ``cuda.jit(device=True)``. Scalars arrive already converted on the
-host to the group's math dtype (float32 for float16 variables, whose reads and
-writes convert element by element). Clipping by norm reduces on the device
-(per-chunk partial sums, then per-variable sums in chunk order) and small kernels
-finish the ``(clip_scale, clip_divisor)`` table that the update kernel reads.
+compiled with ``cuda.jit(device=True)`` with this module's ``widen`` and ``mul``.
+Scalars arrive already converted on the host to the group's math dtype (float32 for
+float16 variables, whose reads and writes convert element by element). Clipping by
+norm reduces on the device (per-chunk partial sums, then per-variable sums in chunk
+order) and small kernels finish the ``(clip_scale, clip_divisor)`` table that the
+update kernel reads.
 
-Importing this module imports ``numba.cuda``.
+Real hardware and the simulator differ in ``cuda_pointers`` and in the three helpers
+here that are typed per argument type on hardware (``window``, ``widen``, ``mul``);
+the kernel source is the same in both. Importing this module imports ``numba.cuda``.
 """
 import numpy as np
 from numba import cuda, float64
 
 from . import config, elementwise
-from .cuda_pointers import array_at
+from .cuda_pointers import SIMULATED, array_at
 
 _device = cuda.jit(device=True)
-# For helpers that return an array view or choose between None and a value: inlined
-# at the Numba IR level, since a compiled device function cannot return an array it
-# did not receive, and the None tests are then pruned on the kernel's own arguments.
-inline = cuda.jit(device=True, inline="always")
+
+
+def window(x, begin, end):
+    """``x[begin:end]``, or None when ``x`` is None."""
+    return None if x is None else x[begin:end]
+
+
+def widen(x):
+    """A loaded element in its math dtype: float32 for a float16, else itself."""
+    return np.float32(x) if type(x) is np.float16 else x
+
+
+def mul(a, b):
+    """``a * b`` rounded on its own: never fused with a following addition."""
+    return a * b
+
+
+if not SIMULATED:
+    # On hardware these are typed per argument type (under the simulator kernels are
+    # Python and call the functions above). ``window``: a configured slot gives an
+    # array and an absent one None, never an Optional that the element bodies would
+    # test. ``widen``: float16 arithmetic would call numba-cuda's C++ half shims.
+    # ``mul``: libdevice's round-to-nearest product is PTX ``mul.rn``, which neither
+    # NVVM nor ptxas contracts into an FMA.
+    from numba.cuda import libdevice, types
+    from numba.cuda.extending import overload
+
+    @overload(window, target="cuda", inline="always")
+    def _window_impl(x, begin, end):
+        if isinstance(x, types.NoneType):
+            return lambda x, begin, end: None
+        return lambda x, begin, end: x[begin:end]
+
+    @overload(widen, target="cuda", inline="always")
+    def _widen_impl(x):
+        if x == types.float16:
+            return lambda x: types.float32(x)
+        return lambda x: x
+
+    @overload(mul, target="cuda", inline="always")
+    def _mul_impl(a, b):
+        if a == b == types.float32:
+            return lambda a, b: libdevice.fmul_rn(a, b)
+        if a == b == types.float64:
+            return lambda a, b: libdevice.dmul_rn(a, b)
+        return None  # mixed or other types: a typing error, not a silent promotion
+
 #: The element bodies compiled for the device.
-elements = elementwise.compile_for(_device, float64)
+elements = elementwise.compile_for(_device, float64, widen, mul)
 # Kernels resolve callees as module globals, so name the bodies here.
 update_at = elements.update_at
 accumulate_at = elements.accumulate_at
@@ -39,14 +84,6 @@ square_at = elements.square_at
 is_finite = elements.is_finite
 clipnorm_divisor = elements.clipnorm_divisor
 global_clip_scale = elements.global_clip_scale
-
-
-@inline
-def window(x, begin, end):
-    """``x[begin:end]``, or None when ``x`` is None."""
-    if x is None:
-        return None
-    return x[begin:end]
 
 
 @_device
@@ -201,7 +238,7 @@ def all_finite_kernel(chunks, table, refs, like, bad):
         if refs[k] != 0:
             g = array_at(refs[k], table[k, 1], like)
             for i in range(chunks[c, 1] + cuda.threadIdx.x, chunks[c, 2], cuda.blockDim.x):
-                if not is_finite(g[i]):
+                if not is_finite(widen(g[i])):
                     bad[k] = 1
 
 

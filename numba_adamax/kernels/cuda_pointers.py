@@ -1,5 +1,5 @@
-"""Device memory addresses for the CUDA kernels: the one place where real hardware
-and Numba's CUDA simulator differ.
+"""Device memory addresses for the CUDA kernels, where real hardware and Numba's CUDA
+simulator differ most (``cuda`` holds the other difference: helpers typed per argument).
 
 The CUDA group kernels reach every variable of a dtype group through a device table
 of data addresses (as the CPU kernels do, see ``addresses``), so device code must

@@ -17,7 +17,7 @@ Importing this module imports ``numba.cuda``.
 """
 from numba import cuda
 
-from .cuda import elements
+from .cuda import elements, widen
 
 # Kernels resolve callees as module globals, so name the bodies here.
 scatter_accumulate_at = elements.scatter_accumulate_at
@@ -109,5 +109,5 @@ def store_total_kernel(partial, out, index):
 def nonfinite_kernel(x, bad):
     """``bad[0] = 1`` when the 1-D ``x`` holds NaN or +-inf (``bad`` starts at 0)."""
     for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
-        if not is_finite(x[i]):
+        if not is_finite(widen(x[i])):
             bad[0] = 1

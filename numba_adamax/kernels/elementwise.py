@@ -4,6 +4,14 @@
 the given decorator: the CPU kernels use ``numba.njit(inline="always")`` and the
 CUDA kernels ``cuda.jit(device=True)``, so both targets run exactly the same float
 operations in the same order (Keras 3's order; see the README's "Update rule").
+Two target hooks keep the targets' results identical:
+
+* every element of a variable or of its gradient is read through ``widen`` (CUDA:
+  float16 to float32, so no arithmetic or comparison runs in float16; the CPU has no
+  float16 and reads elements as they are);
+* every product that is then added to or subtracted from is ``mul(a, b)``, rounded
+  on its own. On CUDA, NVVM and ptxas otherwise contract ``a * b + c`` into one
+  fused multiply-add, rounded once, which the CPU never does.
 
 Two layers:
 
@@ -27,10 +35,21 @@ import math
 from types import SimpleNamespace
 
 
-def compile_for(decorator, float64):
+def compile_for(decorator, float64, widen=None, mul=None):
     """Return a namespace of the element functions, each wrapped by ``decorator``;
     ``float64`` is the target's conversion to float64 (``numba.float64``: the builtin
-    ``float`` keeps a float32 a float32 in CPU code)."""
+    ``float`` keeps a float32 a float32 in CPU code), ``widen`` its conversion of a
+    loaded variable or gradient element to the math dtype (default: none) and ``mul``
+    its separately rounded product (default: ``a * b``)."""
+    if widen is None:
+        @decorator
+        def widen(x):
+            return x
+
+    if mul is None:
+        @decorator
+        def mul(a, b):
+            return a * b
 
     @decorator
     def nan_max(a, b):
@@ -77,7 +96,7 @@ def compile_for(decorator, float64):
         """``c * min(1/N, 1/c) + (N - N)`` with ``N = sqrt(squared_norm)``, the factor of
         ``global_clipnorm = c`` (NaN when N is not finite); ``one`` is 1 in the dtype."""
         n = c - c + math.sqrt(squared_norm)
-        return c * nan_min(one / n, one / c) + (n - n)
+        return mul(c, nan_min(one / n, one / c)) + (n - n)
 
     @decorator
     def clip_gradient(g, clip_scale, clip_divisor, clip_value):
@@ -95,15 +114,15 @@ def compile_for(decorator, float64):
 
         ``bias_correction`` is ``1 - beta_1 ** t``, already rounded to the dtype.
         """
-        m = m + (g - m) * one_minus_beta_1
-        u = nan_max(beta_2 * u, abs(g))
+        m = m + mul(g - m, one_minus_beta_1)
+        u = nan_max(mul(beta_2, u), abs(g))
         w = w - (lr * m) / (bias_correction * (u + epsilon))
         return w, m, u
 
     @decorator
     def ema_update(average, w, momentum, one_minus_momentum):
         """One exponential-moving-average step of ``average`` towards ``w``."""
-        return momentum * average + one_minus_momentum * w
+        return mul(momentum, average) + mul(one_minus_momentum, w)
 
     @decorator
     def update_at(i, w, g, m, u, e, a, loss_scale, steps, clip, lr, has_wd, wd,
@@ -121,10 +140,10 @@ def compile_for(decorator, float64):
             a[i] = 0
         if clip is not None:
             gi = clip_gradient(gi, clip[0], clip[1], clip[2])
-        wi = w[i]
+        wi = widen(w[i])
         if wd is not None:  # weight decay configured (compiled away when not)
             if has_wd:  # and this variable not excluded
-                wi = wi - wi * wd * lr
+                wi = wi - mul(wi * wd, lr)
         wi, m[i], u[i] = adamax_update(wi, gi, m[i], u[i], lr, one_minus_beta_1, beta_2,
                                        epsilon, bias_correction)
         if e is not None:
@@ -140,7 +159,7 @@ def compile_for(decorator, float64):
         """An accumulation micro-step on element ``i``: ``a += g / loss_scale``, then EMA.
         Without an accumulator (``a`` None) only the EMA step runs."""
         if a is not None:
-            gi = g[i]
+            gi = widen(g[i])
             if loss_scale is not None:
                 gi = gi / loss_scale
             a[i] = a[i] + gi
@@ -150,7 +169,7 @@ def compile_for(decorator, float64):
     @decorator
     def ema_at(i, w, e, ema_momentum, one_minus_ema_momentum, overwrite):
         """The EMA step (and optional overwrite ``w = e``) on element ``i``."""
-        ei = ema_update(e[i], w[i], ema_momentum, one_minus_ema_momentum)
+        ei = ema_update(e[i], widen(w[i]), ema_momentum, one_minus_ema_momentum)
         e[i] = ei
         if overwrite:
             w[i] = ei
@@ -170,7 +189,7 @@ def compile_for(decorator, float64):
     def effective_gradient_at(i, g, a, loss_scale, steps):
         """The gradient an update of element ``i`` sees before clipping: unscaled
         (``g / loss_scale``) and, with an accumulator, the window's mean."""
-        gi = g[i]
+        gi = widen(g[i])
         if loss_scale is not None:
             gi = gi / loss_scale
         if a is not None:
@@ -182,7 +201,7 @@ def compile_for(decorator, float64):
         """The square, in float64, of the effective gradient of element ``i`` (one term
         of a squared norm for clipping)."""
         x = float64(effective_gradient_at(i, g, a, loss_scale, steps))
-        return x * x
+        return mul(x, x)
 
     # Lazy sparse updates (``IndexedSlices``): ``g`` holds deduplicated gradient rows,
     # so element ``k`` of ``g`` belongs to element ``i`` of the variable and slots. A
@@ -217,7 +236,7 @@ def compile_for(decorator, float64):
         """The square, in float64, of ``sparse_gradient_at``: one term of a sparse
         gradient's squared norm."""
         x = float64(sparse_gradient_at(k, i, g, a, loss_scale, steps))
-        return x * x
+        return mul(x, x)
 
     @decorator
     def sparse_update_at(k, i, w, g, m, u, a, loss_scale, steps, clip_scale, clip_divisor,
@@ -233,14 +252,15 @@ def compile_for(decorator, float64):
                            clip_divisor, clip_value)
         if a is not None:
             a[i] = 0
-        wi = w[i]
+        wi = widen(w[i])
         if has_wd:
-            wi = wi - wi * wd * lr
+            wi = wi - mul(wi * wd, lr)
         w[i], m[i], u[i] = adamax_update(wi, gi, m[i], u[i], lr, one_minus_beta_1, beta_2,
                                          epsilon, bias_correction)
 
     return SimpleNamespace(
-        nan_max=nan_max, nan_min=nan_min, nan_clip=nan_clip, is_finite=is_finite,
+        widen=widen, mul=mul, nan_max=nan_max, nan_min=nan_min, nan_clip=nan_clip,
+        is_finite=is_finite,
         clipnorm_divisor=clipnorm_divisor, global_clip_scale=global_clip_scale,
         clip_gradient=clip_gradient, adamax_update=adamax_update, ema_update=ema_update,
         update_at=update_at, accumulate_at=accumulate_at, ema_at=ema_at,
