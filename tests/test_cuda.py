@@ -706,3 +706,21 @@ def test_every_launch_has_a_signature_the_ptx_check_compiles():
               signatures.signatures()}
     unlisted = sorted(f"{m}.{k}{a}" for m, k, a in LAUNCHES - listed)
     assert not unlisted, "launches gpu_check.signatures does not list:\n" + "\n".join(unlisted)
+
+
+def test_the_device_ema_only_pass_equals_the_cpu_one():
+    values = [np.linspace(-1, 1, 13).astype(np.float32), np.arange(7.0)]
+    settings = type("Settings", (), {"ema_momentum": 0.75, "overwrite": True})()
+    cpu_vars = [v.copy() for v in values]
+    gpu_vars = [cuda.to_device(v) for v in values]
+    results = []
+    for variables in (cpu_vars, gpu_vars):
+        state = na.init(variables, use_ema=True)
+        for group in state.groups:
+            state.backend.ema_only(state, group, settings)
+        results.append(state)
+    cpu_state, gpu_state = results
+    for j in range(2):
+        np.testing.assert_array_equal(gpu_state.ema[j].copy_to_host(), cpu_state.ema[j])
+        np.testing.assert_array_equal(gpu_vars[j].copy_to_host(), cpu_vars[j])
+    np.testing.assert_array_equal(cpu_vars[0], 0.25 * values[0])  # overwrite: w = e

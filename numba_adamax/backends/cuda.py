@@ -227,7 +227,7 @@ def _cast_clip(clip, dt):
     return None if clip is None else tuple(dt(x) for x in clip)
 
 
-def _accumulate(state, group, refs, accumulator, settings):
+def _accumulate(state, group, refs, accumulator, loss_scale, settings):
     dev = group.device_group
     if not dev.chunk_count:
         return
@@ -236,18 +236,18 @@ def _accumulate(state, group, refs, accumulator, settings):
     kernels.accumulate_kernel[blocks_for(dev.chunk_count), config.BLOCK_SIZE,
                               stream_or_default(state.stream)](
         dev.chunks, dev.table, refs, dev.like, group.ema, accumulator,
-        _cast(settings.loss_scale, dt), momentum, dt(1) - momentum, settings.overwrite)
+        _cast(loss_scale, dt), momentum, dt(1) - momentum, settings.overwrite)
 
 
 def accumulate(state, group, refs, settings):
     """An accumulation micro-step launch over ``group``: mutates its accumulator (and,
     with an EMA, the EMA and the variables on an overwrite)."""
-    _accumulate(state, group, refs, group.accumulator, settings)
+    _accumulate(state, group, refs, group.accumulator, settings.loss_scale, settings)
 
 
 def ema_only(state, group, settings):
     """The EMA step alone over every variable of ``group`` (no gradient is read)."""
-    _accumulate(state, group, group.device_group.no_gradients, None, settings)
+    _accumulate(state, group, group.device_group.no_gradients, None, None, settings)
 
 
 # ---------------------------------------------------------------- sparse gradients
