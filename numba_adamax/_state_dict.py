@@ -252,7 +252,7 @@ def check_weights(state, weights, what="set_weights"):
     non-negative integer counter first, then one array per slot with the slot's shape
     (``ValueError``) and dtype (``TypeError``). Mutates nothing. Returns
     ``(raw_steps, arrays)``."""
-    weights = check.sequence(weights, "`weights`")
+    weights = check.sequence(weights, "`weights`", "a list or a tuple")
     targets = state.state_arrays()
     if len(weights) != len(targets) + 1:
         raise ValueError(f"`{what}` expected {len(targets) + 1} arrays (counter first), "

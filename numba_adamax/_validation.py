@@ -412,10 +412,8 @@ def exclusion_pattern(var_names):
     """
     if var_names is None:
         return None
-    names = sequence(var_names, "`var_names`")
+    names = strings(var_names, "`var_names`")
     for n in names:
-        if not isinstance(n, str):
-            raise TypeError(f"`var_names` entries must be str, got {n!r}.")
         try:
             re.compile(n)
         except re.error as exc:
@@ -424,21 +422,33 @@ def exclusion_pattern(var_names):
     return re.compile("|".join(sorted(set(names)))) if names else None
 
 
-def sequence(value, label):
-    """Return ``value`` as a list if it is a list or tuple, else raise TypeError."""
+def sequence(value, label, accepted="a list, a tuple or a dict"):
+    """Return ``value`` as a list if it is a list or tuple, else raise TypeError saying
+    that ``label`` must be ``accepted``: what the caller takes (the default is for
+    callers that handle a dict themselves before calling this)."""
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{label} must be a list, a tuple or a dict, got {describe(value)}.")
+        raise TypeError(f"{label} must be {accepted}, got {describe(value)}.")
     return list(value)
+
+
+def strings(value, label):
+    """A list copy of a list or tuple of str; else TypeError (for a lone str, with the
+    one-entry list to pass instead)."""
+    if isinstance(value, str):
+        raise TypeError(f"{label} must be a list or a tuple of str, got the str {value!r}; "
+                        f"for one entry pass [{value!r}].")
+    values = sequence(value, label, "a list or a tuple of str")
+    for v in values:
+        if not isinstance(v, str):
+            raise TypeError(f"{label} entries must be str, got {v!r}.")
+    return values
 
 
 def names(values, count):
     """Variable names: ``count`` distinct strings."""
-    values = sequence(values, "`names`")
+    values = strings(values, "`names`")
     if len(values) != count:
         raise ValueError(f"`names` has {len(values)} entries for {count} variables.")
-    for v in values:
-        if not isinstance(v, str):
-            raise TypeError(f"`names` entries must be str, got {v!r}.")
     if len(set(values)) != len(values):
         raise ValueError(f"`names` must be distinct; got {values}.")
     return tuple(values)

@@ -231,7 +231,8 @@ class Adamax:
         whose name contains a match of a regex in ``var_names`` (each must compile on its
         own). Replaces earlier calls; takes effect from the next step."""
         pattern = check.exclusion_pattern(var_names)
-        listed = None if var_list is None else list(check.sequence(var_list, "`var_list`"))
+        listed = None if var_list is None else list(check.sequence(var_list, "`var_list`",
+                                                                   "a list or a tuple"))
         self._exclusions = (pattern, listed)
         if self._state is not None:
             self._state.set_weight_decay_exclusions(pattern, listed)

@@ -807,6 +807,11 @@ INPUT_CASES = [
               r"`names` must be distinct", ("fresh",)),
     InputCase("build-names-a-string", lambda e: (e.opt.build, e.vs, "ab"), TypeError,
               r"`names` must be a list", ("fresh",)),
+    InputCase("build-names-one-str", lambda e: (e.opt.build, e.vs, "w"), TypeError,
+              r"^`names` must be a list or a tuple of str, got the str 'w'; for one entry pass "
+              r"\['w'\]\.$", ("fresh",)),
+    InputCase("build-names-ndarray", lambda e: (e.opt.build, e.vs, np.array(["a", "b"])), TypeError,
+              r"^`names` must be a list or a tuple of str, got numpy\.ndarray\.$", ("fresh",)),
     InputCase("build-names-with-dict", lambda e: (e.opt.build, {"a": e.vs[0]}, ["a"]), ValueError,
               r"`names` cannot be given when the variables are a dict", ("fresh",)),
     InputCase("build-names-bad-variable-named",
@@ -835,6 +840,8 @@ INPUT_CASES = [
                 ValueError, r"weights\[0\] must be a non-negative integer counter", BUILT_KINDS)
       for name, c in (("negative", np.array(-1)), ("float", np.array(3.0)), ("bool", np.array(True)),
                       ("1d", np.array([3])), ("nan", NAN), ("string", "3"))],
+    InputCase("set_weights-dict", lambda e: (e.opt.set_weights, dict(enumerate(e.zero_weights()))),
+              TypeError, r"^`weights` must be a list or a tuple, got builtins\.dict\.$", BUILT_KINDS),
     InputCase("set_weights-not-sequence", lambda e: (e.opt.set_weights, iter(e.zero_weights())),
               TypeError, r"`weights` must be a list", BUILT_KINDS),
     # ---------------------------------------------------------------- finalize_variable_values
@@ -949,7 +956,14 @@ def test_first_call_with_unknown_kwarg_style_error_builds_nothing():
     (dict(var_names="bias"), TypeError, r"`var_names` must be a list"),
     (dict(var_list=np.zeros(3)), TypeError, r"`var_list` must be a list"),
     (dict(var_names=["bias"], var_list="w"), TypeError, r"`var_list` must be a list"),
-], ids=["paren", "unclosed-bracket", "not-str", "a-string", "var_list-ndarray", "var_list-str"])
+    (dict(var_names="bias"), TypeError,
+     r"^`var_names` must be a list or a tuple of str, got the str 'bias'; for one entry pass "
+     r"\['bias'\]\.$"),
+    (dict(var_names={"bias": 1}), TypeError,
+     r"^`var_names` must be a list or a tuple of str, got builtins\.dict\.$"),
+    (dict(var_list={"w": 1}), TypeError, r"^`var_list` must be a list or a tuple, got builtins\.dict\.$"),
+], ids=["paren", "unclosed-bracket", "not-str", "a-string", "var_list-ndarray", "var_list-str",
+        "a-string-exactly", "var_names-dict", "var_list-dict"])
 def test_exclude_from_weight_decay_rejects(kwargs, exc, match, built):
     def setup():
         vs = make_variables()
