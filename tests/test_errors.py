@@ -656,6 +656,38 @@ def test_setter_clip_switch_after_clearing():
     assert (opt.clipnorm, opt.clipvalue, opt.global_clipnorm) == (None, 0.5, None)
 
 
+#: Attributes the class does not define: assigning one is refused (the steps would ignore it),
+#: with the setting meant when there is one.
+UNKNOWN_ATTRIBUTES = [
+    ("lr", 1e-9, r"^'Adamax' object has no attribute 'lr'; did you mean `learning_rate`\? "),
+    ("betas", (0.5, 0.5), r"no attribute 'betas'; did you mean `beta_1` and `beta_2`\?"),
+    ("eps", 1e-3, r"no attribute 'eps'; did you mean `epsilon`\?"),
+    ("beta1", 0.5, r"no attribute 'beta1'; did you mean `beta_1`\?"),
+    ("learning_rat", 0.1, r"no attribute 'learning_rat'; did you mean `learning_rate`\?"),
+    ("weight_decays", 0.1, r"did you mean `weight_decay`"),
+    ("amsgrad", True, r"no attribute 'amsgrad'\. "),
+]
+
+
+@pytest.mark.parametrize("when", ["unbuilt", "built"])
+@pytest.mark.parametrize("attr, value, match", UNKNOWN_ATTRIBUTES,
+                         ids=[a for a, _, _ in UNKNOWN_ATTRIBUTES])
+def test_unknown_attribute_is_refused_and_changes_nothing(attr, value, match, when):
+    env, twin = _setter_env({}, when), _setter_env({}, when)
+    snap = Snapshot(env)
+    with pytest.raises(AttributeError, match=match + ".*refused rather than stored"):
+        setattr(env.opt, attr, value)
+    snap.assert_unchanged()
+    assert attr not in vars(env.opt)
+    with pytest.raises(AttributeError, match=match.rstrip(" ")):
+        getattr(env.opt, attr)
+    for k in range(2):  # the same trajectory as a twin that never saw the assignment
+        env.opt.apply(make_ramp_grads(5 + k), env.vs)
+        twin.opt.apply(make_ramp_grads(5 + k), twin.vs)
+    for a, b in zip(env.vs, twin.vs):
+        assert bit_identical(a, b)
+
+
 def test_setter_failure_on_functional_hyperparameters():
     vs = make_variables()
     state = na.init(vs, learning_rate=0.05)
