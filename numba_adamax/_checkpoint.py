@@ -25,6 +25,8 @@ import zipfile
 import numpy as np
 
 from . import _state_dict
+from . import _validation as check
+from ._state import AdamaxState
 
 MAGIC = "numba_adamax.checkpoint"
 SIGNATURE = b"numba_adamax.checkpoint sha256="
@@ -147,12 +149,17 @@ def _parse(data):
 
 def save_state(state, path):
     """Save the functional ``AdamaxState`` ``state`` to ``path`` (one ``.npz`` file,
-    written atomically, with a checksum). Mutates nothing but the file."""
+    written atomically, with a checksum). Mutates nothing but the file. ``state`` must be
+    an ``AdamaxState`` (TypeError otherwise; an ``Adamax`` has ``save_state(path)``)."""
+    check.adamax_state(state, AdamaxState, "save_state", "save_state(path)")
     write(_state_dict.state_dict(state), path)
 
 
 def load_state(state, path):
     """Restore ``state`` (an ``AdamaxState`` built for the same variables) from a file
     written by ``save_state``. The file and its contents are fully checked first: on
-    ``CheckpointError``/``ValueError``/``TypeError`` nothing has changed."""
+    ``CheckpointError``/``ValueError``/``TypeError`` nothing has changed. ``state`` must
+    be an ``AdamaxState`` (TypeError otherwise, before the file is read; an ``Adamax``
+    has ``load_state(path)``)."""
+    check.adamax_state(state, AdamaxState, "load_state", "load_state(path)")
     _state_dict.load_state_dict(state, read(path))

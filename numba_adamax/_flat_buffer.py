@@ -32,19 +32,32 @@ class FlatBuffer(Sequence):
     buffer. Each array starts on a 64-byte boundary.
 
     Args:
-        shapes: a sequence of shapes (tuples of non-negative ints, or ints).
+        shapes: a list or tuple of shapes (each a tuple of non-negative ints: ``(n,)``
+            for a 1-D array, never a bare ``n``), or a dict name -> shape.
         dtype: ``float32`` or ``float64``.
-        names: optional distinct names, one per array (default ``variable_<i>``).
+        names: optional distinct names, one per array (default ``variable_<i>``, or the
+            keys of a dict of shapes).
 
     Attributes:
         data: the whole 1-D buffer (zero-initialised), padding included.
         arrays: tuple of the shaped views, in order.
         names: tuple of their names.
         layout: ``(dtype, shapes)``, equal for buffers whose arrays line up.
+
+    ``copy.deepcopy`` and pickling give a buffer of the same layout and names over a
+    copy of ``data``.
     """
 
     def __init__(self, shapes, dtype=np.float32, *, names=None):
-        shapes = [_shape(s, i) for i, s in enumerate(check.sequence(shapes, "`shapes`"))]
+        keys = list(shapes) if isinstance(shapes, dict) else None
+        shapes, names = _entries(shapes, names, "`shapes`")
+        if keys is None and shapes and all(check.is_int(n) for n in shapes):
+            shape = tuple(int(n) for n in shapes)
+            raise ValueError(f"`shapes` must be a list of shapes, got {shape!r}: for one array "
+                             f"of shape {shape} pass [{shape}]"
+                             + (f", for 1-D arrays pass {[(n,) for n in shape]}."
+                                if len(shape) > 1 else "."))
+        shapes = [_shape(s, i if keys is None else keys[i]) for i, s in enumerate(shapes)]
         dtype = check.float_dtype(dtype, "`dtype`")
         self.names = (check.names(names, len(shapes)) if names is not None
                       else tuple(f"variable_{i}" for i in range(len(shapes))))
@@ -58,10 +71,15 @@ class FlatBuffer(Sequence):
                             for offset, shape in zip(self._offsets, self.layout[1]))
         self.addresses = np.array([data_address(a) for a in self.arrays], dtype=np.int64)
 
+    def __reduce__(self):
+        # the views and their addresses are rebuilt over the copied ``data``
+        return _rebuilt, (self.names, self.layout, self._offsets, self.data)
+
     @classmethod
     def from_arrays(cls, arrays, *, names=None):
-        """A new buffer holding copies of ``arrays`` (one dtype, float32 or float64)."""
-        arrays = check.sequence(arrays, "`arrays`")
+        """A new buffer holding copies of ``arrays`` (a list or tuple, or a dict name ->
+        array; one dtype, float32 or float64)."""
+        arrays, names = _entries(arrays, names, "`arrays`")
         dtypes = {np.asarray(a).dtype for a in arrays}
         if len(dtypes) > 1:
             raise TypeError(f"`arrays` mix dtypes {sorted(map(str, dtypes))}; a FlatBuffer "
@@ -74,10 +92,7 @@ class FlatBuffer(Sequence):
 
     def zeros_like(self):
         """A new zeroed buffer with the same layout and names (e.g. for gradients)."""
-        other = object.__new__(FlatBuffer)
-        other.names, other.layout, other._offsets = self.names, self.layout, self._offsets
-        other._carve(np.zeros_like(self.data))
-        return other
+        return _rebuilt(self.names, self.layout, self._offsets, np.zeros_like(self.data))
 
     @property
     def dtype(self):
@@ -98,7 +113,27 @@ def _size(shape):
     return int(np.prod(shape, dtype=np.int64))
 
 
-def _shape(shape, i):
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
-        shape = (shape,)
-    return check.shape(shape, f"`shapes[{i}]`")
+def _entries(values, names, label):
+    """``(list of values, names)`` from a list or tuple (``names`` as given) or a dict
+    (its values, and its keys as the names; ``names`` must then be None)."""
+    if not isinstance(values, dict):
+        return check.sequence(values, label), names
+    if names is not None:
+        raise ValueError(f"`names` cannot be given when {label} is a dict.")
+    return list(values.values()), [str(k) for k in values]
+
+
+def _shape(shape, key):
+    label = f"`shapes[{key!r}]`"
+    if check.is_int(shape):
+        raise ValueError(f"{label} must be a tuple of non-negative ints, got the int {shape}; "
+                         f"a 1-D array of {shape} elements has the shape ({shape},).")
+    return check.shape(shape, label)
+
+
+def _rebuilt(names, layout, offsets, data):
+    """A ``FlatBuffer`` over ``data`` (unpickled or copied) with the given layout."""
+    buffer = object.__new__(FlatBuffer)
+    buffer.names, buffer.layout, buffer._offsets = names, layout, offsets
+    buffer._carve(data)
+    return buffer

@@ -1,4 +1,5 @@
 """The validated hyperparameter record shared by the class and the functional API."""
+import inspect
 import warnings
 
 from . import _validation as check
@@ -50,7 +51,7 @@ class Hyperparameters:
     ``float``/``int``. Setting a field re-validates it (and the clipping exclusivity)
     and increments ``revision`` (read-only), so derived values can be cached;
     ``use_ema`` and ``gradient_accumulation_steps`` cannot change once ``lock()`` was
-    called.
+    called. Pickling and ``copy.deepcopy`` keep every field and the lock.
     """
 
     __slots__ = tuple(_CHECKS) + ("_locked", "revision")
@@ -87,9 +88,25 @@ class Hyperparameters:
         """Freeze the fields in ``STRUCTURAL`` (called when slots are allocated)."""
         object.__setattr__(self, "_locked", True)
 
+    def __getstate__(self):
+        return {field: getattr(self, field) for field in self.__slots__}
+
+    def __setstate__(self, fields):
+        # Restores a pickled or copied record: the values were validated when they were
+        # set, and ``__setattr__`` would refuse ``_locked`` and check clips one at a time.
+        for field, value in fields.items():
+            object.__setattr__(self, field, value)
+
     def __repr__(self):
-        inner = ", ".join(f"{f}={getattr(self, f)!r}" for f in _CHECKS)
-        return f"Hyperparameters({inner})"
+        return f"Hyperparameters({', '.join(self.changed_settings())})"
+
+    def changed_settings(self):
+        """``"field=value"`` texts: ``learning_rate``, then every field that differs from
+        its default (a callable shown by its name, not its address)."""
+        texts = [f"learning_rate={_setting_text(self.learning_rate)}"]
+        texts += [f"{f}={_setting_text(getattr(self, f))}" for f in _CHECKS
+                  if f != "learning_rate" and getattr(self, f) != _DEFAULTS[f]]
+        return texts
 
     # ------------------------------------------------------------ derived values
 
@@ -151,6 +168,17 @@ class Hyperparameters:
         if unknown:
             raise TypeError(f"Unknown config key(s): {unknown}")
         return cls(**config)
+
+
+_DEFAULTS = {name: p.default
+             for name, p in inspect.signature(Hyperparameters.__init__).parameters.items()
+             if name != "self"}
+
+
+def _setting_text(value):
+    if callable(value) and not isinstance(value, LearningRateSchedule):
+        return f"<callable {getattr(value, '__qualname__', type(value).__qualname__)}>"
+    return repr(value)
 
 
 def from_keywords(learning_rate, kwargs):

@@ -119,6 +119,14 @@ class AdamaxState:
     Derived counters: ``iterations`` (Keras' property: ``raw_steps``, or
     ``raw_steps // gradient_accumulation_steps``) and ``bias_correction_step``
     (the ``t`` of ``1 - beta_1**t`` the next update uses, ``iterations + 1``).
+
+    ``copy.deepcopy(state)`` and pickling give an independent state over copies of the
+    variables (of the ``FlatBuffer`` when the state was built on one), as a deep copy of
+    a PyTorch optimizer copies its parameters: the same names, hyperparameters,
+    weight-decay mask, slots, counters and touched rows, with kernel tables made for
+    the new arrays. Variables copied in the same ``deepcopy`` call (or pickled in the
+    same ``dumps``) are the state's copies: ``copy.deepcopy((params, state))`` keeps
+    them together. A state on CUDA, or with a stream, is refused (``TypeError``).
     """
 
     def __init__(self, params, names, hyperparameters):
@@ -160,6 +168,26 @@ class AdamaxState:
         self.step_settings = None  # the ``_apply.StepSettings`` of the last call
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.name_index = {name: i for i, name in enumerate(self.names)}
+
+    def __reduce__(self):
+        if self.device is not None or self.stream is not None:
+            where = "on CUDA" if self.device is not None else "with a CUDA stream"
+            raise TypeError(f"An AdamaxState {where} cannot be pickled or copied; save it "
+                            "with `state_dict()` (host arrays) and load that into a state "
+                            "built on the copied variables.")
+        variables = self.params if self.buffer is None else self.buffer
+        saved = (self.state_arrays(), self.raw_steps, self.skipped_steps,
+                 _state_dict.touched_rows(self))
+        return _restored, (variables, self.names, self.hyperparameters,
+                           self.weight_decay_mask, saved)
+
+    def __repr__(self):
+        dtypes = sorted({str(a.dtype) for a in self.arrays})
+        return (f"AdamaxState(variables={len(self.params)}, "
+                f"elements={sum(a.size for a in self.arrays)}, dtypes={dtypes}, "
+                f"device={self.device or 'cpu'!r}, raw_steps={self.raw_steps}, "
+                f"iterations={self.iterations}, skipped_steps={self.skipped_steps}, "
+                f"{', '.join(self.hyperparameters.changed_settings())})")
 
     def _shaped(self, slot):
         """Per variable, its view of ``slot`` shaped like the variable."""
@@ -245,9 +273,14 @@ class AdamaxState:
         ``var_list`` (identity) or the compiled regex ``pattern`` is found in its name
         (see ``_validation.exclusion_pattern``)."""
         ids = {id(v) for v in var_list or ()}
-        self.weight_decay_mask = [
+        self.set_weight_decay_mask([
             not (id(p) in ids or (pattern is not None and pattern.search(name)))
-            for p, name in zip(self.params, self.names)]
+            for p, name in zip(self.params, self.names)])
+
+    def set_weight_decay_mask(self, mask):
+        """Set ``weight_decay_mask`` (one bool per variable, True where weight decay
+        applies) and the kernel tables' weight-decay column."""
+        self.weight_decay_mask = [bool(m) for m in mask]
         for group in self.groups:
             group.set_weight_decay(self.weight_decay_mask)
             self.backend.upload_table(group)
@@ -284,4 +317,14 @@ def create(params, names, hyperparameters):
         raise ValueError("The same array appears more than once in `variables`.")
     state = AdamaxState(params, names, hyperparameters)
     state.buffer = buffer
+    return state
+
+
+def _restored(variables, names, hyperparameters, weight_decay_mask, saved):
+    """The state ``AdamaxState.__reduce__`` describes, over ``variables`` (the unpickled
+    or copied arrays, or ``FlatBuffer``)."""
+    state = create(variables, list(names), hyperparameters)
+    state.set_weight_decay_mask(weight_decay_mask)
+    hyperparameters.lock()
+    _state_dict.write(state, *saved)
     return state

@@ -43,9 +43,16 @@ def state_dict(state):
         "shapes": [list(p.shape) for p in state.arrays],
         "dtypes": [p.dtype.name for p in state.arrays],
         "slots": [to_host(a) for a in state.state_arrays()],
-        "touched_rows": ([] if state.window is None else
-                         [state.window.touched(i).tolist() for i in range(len(state.params))]),
+        "touched_rows": touched_rows(state),
     }
+
+
+def touched_rows(state):
+    """Per variable, the list of rows touched in the open accumulation window (an empty
+    list without accumulation)."""
+    if state.window is None:
+        return []
+    return [state.window.touched(i).tolist() for i in range(len(state.params))]
 
 
 def check_state_dict(d, state=None):
@@ -64,7 +71,14 @@ def apply_state_dict(d, saved, state):
     every slot, ``raw_steps``, ``skipped_steps`` and the touched-row masks of the
     open accumulation window. Mutates ``state``."""
     _, raw_steps, skipped_steps, *_, touched = saved
-    for source, target in zip(d["slots"], state.state_arrays()):
+    write(state, d["slots"], raw_steps, skipped_steps, touched)
+
+
+def write(state, slots, raw_steps, skipped_steps, touched):
+    """Write checked values into ``state``: ``slots`` (host arrays in ``variables``
+    order), the counters and the touched rows of the open accumulation window (one
+    row list per variable; ignored without accumulation). Mutates ``state``."""
+    for source, target in zip(slots, state.state_arrays()):
         copy_into(target, source)
     if state.window is not None:
         state.window.replace(touched)
@@ -252,7 +266,7 @@ def check_weights(state, weights, what="set_weights"):
     non-negative integer counter first, then one array per slot with the slot's shape
     (``ValueError``) and dtype (``TypeError``). Mutates nothing. Returns
     ``(raw_steps, arrays)``."""
-    weights = check.sequence(weights, "`weights`")
+    weights = check.sequence(weights, "`weights`", "a list or a tuple")
     targets = state.state_arrays()
     if len(weights) != len(targets) + 1:
         raise ValueError(f"`{what}` expected {len(targets) + 1} arrays (counter first), "

@@ -12,6 +12,7 @@ Setting checks return the normalised value (Python ``float``/``int``/``bool``). 
 mutates anything; callers run all checks before the first write. The saved-state format is
 checked by ``_state_dict``, which defines it.
 """
+import inspect
 import math
 import numbers
 import operator
@@ -107,12 +108,46 @@ def schedule_step(step):
 
 
 def learning_rate(value, schedule_type):
-    """Validate a ``learning_rate`` argument: a number, a schedule or a zero-argument callable."""
-    if isinstance(value, schedule_type) or (callable(value) and not _is_real(value)):
+    """Validate a ``learning_rate`` argument: a number, a ``schedule_type`` instance or a
+    callable that can be called with no argument (see ``zero_argument_callable``)."""
+    if isinstance(value, schedule_type):
         return value
+    if callable(value) and not _is_real(value):
+        return zero_argument_callable(value)
     if not _is_real(value):
         raise ValueError(LEARNING_RATE_MESSAGE.format(value))
     return real("learning_rate", value, low=0.0)
+
+
+def zero_argument_callable(value):
+    """A callable learning rate is called with no argument before each step. One whose
+    signature requires an argument is refused (ValueError): an object with a
+    ``get_config`` (a schedule of another library, Keras' among them) with a message
+    saying how to convert it, any other with one saying what is called. A callable whose
+    signature cannot be read (some builtins) is accepted."""
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):
+        return value
+    try:
+        signature.bind()
+    except TypeError:
+        pass
+    else:
+        return value
+    if callable(getattr(value, "get_config", None)):
+        raise ValueError(
+            f"Argument `learning_rate` is a schedule of another library ({describe(value)}); "
+            "numba_adamax calls only its own schedules with the step. Convert a Keras "
+            "schedule with `numba_adamax.schedules.deserialize(keras.optimizers.schedules."
+            "serialize(schedule))`, or write a subclass of "
+            "`numba_adamax.schedules.LearningRateSchedule`. "
+            f"Received: learning_rate={value!r}")
+    raise ValueError(
+        "Argument `learning_rate` is a callable that needs arguments "
+        f"{signature}; a callable learning rate is called with no argument before each "
+        "step (use a `numba_adamax.schedules.LearningRateSchedule` for a rate that "
+        f"depends on the step). Received: learning_rate={value!r}")
 
 
 def learning_rate_value(value, source):
@@ -189,6 +224,24 @@ def clip_exclusive(clipnorm, clipvalue, global_clipnorm):
             "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
             f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
             f"global_clipnorm={global_clipnorm}")
+
+
+def adamax_state(value, state_type, function, method):
+    """``value`` if it is a ``state_type`` (an ``AdamaxState``), else TypeError saying what
+    ``function`` expects. An optimizer object that holds one (a ``state`` property, as
+    ``Adamax`` has) is pointed to its ``state`` and to its own ``method``, which does
+    the same; None (an unbuilt optimizer's state) to the build."""
+    if isinstance(value, state_type):
+        return value
+    message = (f"`{function}` expects an AdamaxState (from `numba_adamax.init`, or an "
+               f"optimizer's `.state`), got {describe(value)}.")
+    if value is None:
+        message += (" An optimizer's `.state` is None until it is built: call "
+                    "`optimizer.build(variables)` first.")
+    elif isinstance(getattr(type(value), "state", None), property):
+        message += (f" To use this {type(value).__name__}, call its own `{method}`, or pass "
+                    "its `.state`" + (" once it is built." if value.state is None else "."))
+    raise TypeError(message)
 
 
 # ---------------------------------------------------------------- arrays
@@ -426,10 +479,8 @@ def exclusion_pattern(var_names):
     """
     if var_names is None:
         return None
-    names = sequence(var_names, "`var_names`")
+    names = strings(var_names, "`var_names`")
     for n in names:
-        if not isinstance(n, str):
-            raise TypeError(f"`var_names` entries must be str, got {n!r}.")
         try:
             re.compile(n)
         except re.error as exc:
@@ -438,21 +489,33 @@ def exclusion_pattern(var_names):
     return re.compile("|".join(sorted(set(names)))) if names else None
 
 
-def sequence(value, label):
-    """Return ``value`` as a list if it is a list or tuple, else raise TypeError."""
+def sequence(value, label, accepted="a list, a tuple or a dict"):
+    """Return ``value`` as a list if it is a list or tuple, else raise TypeError saying
+    that ``label`` must be ``accepted``: what the caller takes (the default is for
+    callers that handle a dict themselves before calling this)."""
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{label} must be a list, a tuple or a dict, got {describe(value)}.")
+        raise TypeError(f"{label} must be {accepted}, got {describe(value)}.")
     return list(value)
+
+
+def strings(value, label):
+    """A list copy of a list or tuple of str; else TypeError (for a lone str, with the
+    one-entry list to pass instead)."""
+    if isinstance(value, str):
+        raise TypeError(f"{label} must be a list or a tuple of str, got the str {value!r}; "
+                        f"for one entry pass [{value!r}].")
+    values = sequence(value, label, "a list or a tuple of str")
+    for v in values:
+        if not isinstance(v, str):
+            raise TypeError(f"{label} entries must be str, got {v!r}.")
+    return values
 
 
 def names(values, count):
     """Variable names: ``count`` distinct strings."""
-    values = sequence(values, "`names`")
+    values = strings(values, "`names`")
     if len(values) != count:
         raise ValueError(f"`names` has {len(values)} entries for {count} variables.")
-    for v in values:
-        if not isinstance(v, str):
-            raise TypeError(f"`names` entries must be str, got {v!r}.")
     if len(set(values)) != len(values):
         raise ValueError(f"`names` must be distinct; got {values}.")
     return tuple(values)

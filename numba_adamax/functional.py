@@ -56,8 +56,10 @@ def step(params, grads, state, *, stream=None):
     ``IndexedSlices`` for a sparse one, or a ``FlatBuffer`` laid out like the
     variables' (checked in O(1)). Everything is validated before the first write.
     ``stream``, when given, becomes ``state.stream`` (the ``numba.cuda`` stream CUDA
-    steps run on) before the call. Returns ``state`` (the same object).
+    steps run on) before the call. Returns ``state`` (the same object). A ``state``
+    that is not an ``AdamaxState`` raises TypeError.
     """
+    check.adamax_state(state, _state.AdamaxState, "step", "apply(grads, variables)")
     if stream is not None:
         state.stream = check.stream(stream)
     grads, passed = match(state, grads, params, argument="params", in_order=True)

@@ -1,4 +1,6 @@
 """The ``Adamax`` class: Keras 3's optimizer interface over the functional core."""
+import difflib
+
 import numpy as np
 
 from . import _apply
@@ -18,6 +20,31 @@ def _hyperparameter(field, doc):
         setattr(self._hp, field, value)
 
     return property(fget, fset, doc=doc)
+
+
+# Loads waiting for the build: ``(check, apply)`` pairs of module functions (so that an
+# optimizer with a pending load can be pickled), ``check(state, payload)`` returning what
+# ``apply(state, payload, checked)`` writes.
+
+def _check_saved_dict(state, d):
+    return _state_dict.check_state_dict(d, state)
+
+
+def _apply_saved_dict(state, d, checked):
+    _state_dict.apply_state_dict(d, checked, state)
+
+
+def _check_saved_weights(state, weights):
+    return _state_dict.check_weights(state, weights, "load_own_variables")
+
+
+def _apply_saved_weights(state, weights, checked):
+    _state_dict.apply_weights(state, checked)
+
+
+#: Other optimizers' names for settings of this class, for the unknown-attribute message.
+_OTHER_NAMES = {"lr": "`learning_rate`", "betas": "`beta_1` and `beta_2`",
+                "eps": "`epsilon`", "beta1": "`beta_1`", "beta2": "`beta_2`"}
 
 
 class Adamax:
@@ -48,6 +75,11 @@ class Adamax:
     PyTorch CUDA tensors: anything with ``__cuda_array_interface__``), updated in
     place on the GPU with no copy; ``stream`` (not in Keras) is the ``numba.cuda``
     stream their steps run on (None: the default stream). See the README's "GPU".
+
+    Assigning an attribute the class does not define (``opt.lr = ...``, which the
+    steps would ignore) raises ``AttributeError`` naming the setting meant; names
+    starting with ``_`` are free for subclasses. ``copy.deepcopy`` and pickling copy
+    the settings and the state (over copies of the variables: see ``AdamaxState``).
     """
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
@@ -71,7 +103,7 @@ class Adamax:
         self._hp = hp
         self._state = None
         self._exclusions = (None, None)  # (compiled var_names pattern, var_list)
-        self._pending = None  # a load waiting for the build: (check, apply) callables
+        self._pending = None  # a load waiting for the build: (check, apply, payload)
         self._stream = None
 
     beta_1 = _hyperparameter("beta_1", "Exponential decay rate of the first moment, in [0, 1).")
@@ -151,8 +183,8 @@ class Adamax:
         checked again against it first). The optimizer itself is not changed."""
         state = _state.create(variables, names, self._hp)
         if self._pending is not None:
-            check_pending, apply_pending = self._pending
-            apply_pending(state, check_pending(state))
+            check_pending, apply_pending, payload = self._pending
+            apply_pending(state, payload, check_pending(state, payload))
         return state
 
     def _adopt(self, state):
@@ -251,7 +283,8 @@ class Adamax:
         whose name contains a match of a regex in ``var_names`` (each must compile on its
         own). Replaces earlier calls; takes effect from the next step."""
         pattern = check.exclusion_pattern(var_names)
-        listed = None if var_list is None else list(check.sequence(var_list, "`var_list`"))
+        listed = None if var_list is None else list(check.sequence(var_list, "`var_list`",
+                                                                   "a list or a tuple"))
         self._exclusions = (pattern, listed)
         if self._state is not None:
             self._state.set_weight_decay_exclusions(pattern, listed)
@@ -314,9 +347,7 @@ class Adamax:
             _state_dict.apply_state_dict(d, saved, self._state)
             return
         _state_dict.state_dict_config_matches(saved[0], self._hp)
-        d = _state_dict.detached(d)
-        self._pending = (lambda state: _state_dict.check_state_dict(d, state),
-                         lambda state, checked: _state_dict.apply_state_dict(d, checked, state))
+        self._pending = (_check_saved_dict, _apply_saved_dict, _state_dict.detached(d))
 
     def save_state(self, path):
         """Write ``state_dict()`` to ``path``: one ``.npz`` file, replaced atomically,
@@ -352,10 +383,8 @@ class Adamax:
             return
         if not weights:
             raise ValueError("The store is empty; expected the counter under '0' first.")
-        weights = [np.array(w, copy=True) for w in weights]
-        self._pending = (
-            lambda state: _state_dict.check_weights(state, weights, "load_own_variables"),
-            _state_dict.apply_weights)
+        self._pending = (_check_saved_weights, _apply_saved_weights,
+                         [np.array(w, copy=True) for w in weights])
 
     def _require_built(self, what):
         if self._state is None:
@@ -381,6 +410,37 @@ class Adamax:
         optimizer._reset(hp)
         return optimizer
 
+    # ------------------------------------------------------------ attributes, copies
+
+    def __setattr__(self, name, value):
+        if not name.startswith("_") and not hasattr(type(self), name):
+            raise AttributeError(self._unknown_attribute(name) + " An unknown attribute is "
+                                 "refused rather than stored, since the steps would ignore it.")
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # only called when the normal lookup failed
+        raise AttributeError(self._unknown_attribute(name))
+
+    def _unknown_attribute(self, name):
+        """The message for ``name``, which this class does not define: the setting
+        meant, when another optimizer's name or a near miss says which."""
+        public = [n for n in dir(type(self)) if not n.startswith("_")]
+        meant = _OTHER_NAMES.get(name) or ", ".join(
+            f"`{n}`" for n in difflib.get_close_matches(name, public, n=2))
+        hint = f"; did you mean {meant}?" if meant else "."
+        return f"{type(self).__name__!r} object has no attribute {name!r}{hint}"
+
+    def __getstate__(self):
+        if self._stream is not None:
+            raise TypeError("An Adamax with a CUDA stream cannot be pickled or copied; set "
+                            "`stream = None` first.")
+        return dict(self.__dict__)
+
     def __repr__(self):
-        return (f"Adamax(name={self.name!r}, learning_rate={self._hp.learning_rate!r}, "
-                f"built={self.built}, iterations={self.iterations})")
+        settings = ", ".join(f for f in self._hp.changed_settings() if not f.startswith("name="))
+        size = "" if self._state is None else (
+            f", variables={len(self._state.params)}, "
+            f"elements={sum(a.size for a in self._state.arrays)}")
+        return (f"Adamax(name={self.name!r}, {settings}, built={self.built}{size}, "
+                f"iterations={self.iterations})")

@@ -876,6 +876,57 @@ def test_repr_mentions_name_and_state():
     assert "my_opt" in text and "built=False" in text
 
 
+def test_reprs_show_settings_and_size_not_addresses():
+    """``Adamax``, ``AdamaxState`` and ``Hyperparameters`` show the learning rate, the settings
+    that differ from the defaults and (once built) the size; callables by name."""
+    opt = Adamax(learning_rate=0.05, use_ema=True, name="my_opt")
+    assert repr(opt) == ("Adamax(name='my_opt', learning_rate=0.05, use_ema=True, built=False, "
+                         "iterations=0)")
+    opt.apply(make_grads(0), make_variables())
+    assert repr(opt) == ("Adamax(name='my_opt', learning_rate=0.05, use_ema=True, built=True, "
+                         "variables=2, elements=10, iterations=1)")
+    assert repr(opt.state) == (
+        "AdamaxState(variables=2, elements=10, dtypes=['float32', 'float64'], device='cpu', "
+        "raw_steps=1, iterations=1, skipped_steps=0, learning_rate=0.05, use_ema=True, "
+        "name='my_opt')")
+    assert repr(opt.state.hyperparameters) == (
+        "Hyperparameters(learning_rate=0.05, use_ema=True, name='my_opt')")
+    assert repr(na.Hyperparameters()) == "Hyperparameters(learning_rate=0.001)"
+
+    def warm_restarts():
+        return 0.01
+
+    schedule = schedules.ExponentialDecay(0.05, 3, 0.5)
+    lam = lambda: 0.01  # noqa: E731
+    for lr, shown in ((warm_restarts, "<callable test_reprs_show_settings_and_size_not_addresses"
+                                      ".<locals>.warm_restarts>"),
+                      (lam, f"<callable {lam.__qualname__}>"), (schedule, repr(schedule))):
+        state = na.init([np.zeros(3, np.float32)], learning_rate=lr, clipnorm=1.0)
+        for obj in (Adamax(learning_rate=lr), state, state.hyperparameters):
+            assert f"learning_rate={shown}" in repr(obj) and "0x" not in repr(obj)
+        assert "clipnorm=1.0" in repr(state) and "elements=3" in repr(state)
+
+
+def test_subclasses_keep_private_and_declared_attributes():
+    """Only undeclared public names are refused: a subclass may set ``_private`` attributes
+    and those its class declares."""
+
+    class Counting(Adamax):
+        calls = 0
+
+        def apply(self, grads, variables=None):
+            self.calls += 1
+            self._last_count = len(grads)
+            super().apply(grads, variables)
+
+    opt = Counting(learning_rate=0.05)
+    opt.apply(make_grads(0), make_variables())
+    assert opt.calls == 1 and opt._last_count == 2 and opt.iterations == 1
+    with pytest.raises(AttributeError, match="'Counting' object has no attribute 'lr'; did you "
+                                             "mean `learning_rate`"):
+        opt.lr = 0.1
+
+
 @slow
 def test_integrations_import_torch_lazily():
     code = (

@@ -363,6 +363,30 @@ def test_functional_save_and_load(tmp_path):
                      "functional file")
 
 
+@pytest.mark.parametrize("target", ["adamax", "unbuilt adamax", "state dict"])
+def test_the_functions_refuse_what_is_not_a_state_saying_what_to_pass(saved, target):
+    """``save_state`` / ``load_state`` take an ``AdamaxState``; an ``Adamax`` (which has
+    methods of the same names) or a state dict raises TypeError before any file is touched,
+    and changes nothing."""
+    run, path = saved
+    obj = {"adamax": run.opt, "unbuilt adamax": na.Adamax(),
+           "state dict": run.opt.state_dict()}[target]
+    hint = {"adamax": r"To use this Adamax, call its own `{}\(path\)`, or pass its `\.state`\.$",
+            "unbuilt adamax": r"call its own `{}\(path\)`, or pass its `\.state` once it is built",
+            "state dict": r"got builtins\.dict\.$"}[target]
+    before, data = run.snapshot(), path.read_bytes()
+    fresh = path.parent / "fresh.npz"
+    with pytest.raises(TypeError, match=r"^`save_state` expects an AdamaxState .*"
+                                        + hint.format("save_state")):
+        na.save_state(obj, fresh)
+    with pytest.raises(TypeError, match=r"^`load_state` expects an AdamaxState .*"
+                                        + hint.format("load_state")):
+        na.load_state(obj, path)
+    assert_unchanged(before, run.snapshot(), "after a refused call")
+    assert not fresh.exists() and path.read_bytes() == data
+    assert sorted(p.name for p in path.parent.iterdir()) == ["opt.npz"]
+
+
 def test_save_overwrites_atomically(saved):
     run, path = saved
     run.run(HALF, HALF + 1)

@@ -16,6 +16,7 @@ Validation is stricter than Keras': ``test_keras_recorded_*`` replays Keras' rec
 checks (``tests/data/keras_vectors.json``) and asserts the shared messages are identical and the
 values Keras silently accepts are refused here.
 """
+import functools
 import math
 import re
 import warnings
@@ -61,6 +62,50 @@ def lr_type_message(value):
 # =================================================================================================
 # 1. Constructor
 # =================================================================================================
+
+class ForeignSchedule:
+    """A schedule of another library, shaped like a Keras one: ``__call__(step)`` and
+    ``get_config``."""
+
+    def __call__(self, step):
+        return 0.05 * 0.5 ** (step / 3)
+
+    def get_config(self):
+        return {"initial_learning_rate": 0.05, "decay_steps": 3, "decay_rate": 0.5}
+
+
+class ZeroArgumentWithConfig:
+    """A callable with a ``get_config`` that needs no argument: an ordinary callable rate."""
+
+    def __call__(self):
+        return 0.05
+
+    def get_config(self):
+        return {}
+
+
+class NeedsArguments:
+    """A class whose constructor needs an argument (calling it with none would fail)."""
+
+    def __init__(self, step):
+        self.step = step
+
+
+def _one_argument_lr(step):
+    return 0.05
+
+
+def _scaled_lr(scale):
+    return 0.1 * scale
+
+
+FOREIGN_SCHEDULE = (r"^Argument `learning_rate` is a schedule of another library "
+                    r"\(test_errors\.ForeignSchedule\); .*"
+                    r"`numba_adamax\.schedules\.deserialize\(keras\.optimizers\.schedules\."
+                    r"serialize\(schedule\)\)`.*Received: learning_rate=")
+NEEDS_ARGUMENT = (r"^Argument `learning_rate` is a callable that needs arguments \(.*\); a "
+                  r"callable learning rate is called with no argument before each step.*"
+                  r"Received: learning_rate=")
 
 def _short(v):
     return "10**400" if v is HUGE_INT else repr(v)
@@ -145,6 +190,20 @@ ERROR_CASES = [
     # ---- nonfinite: exactly one of the three policy names
     *[_case(dict(nonfinite=v), ValueError, named("nonfinite"))
       for v in ("ignore", "SKIP", "", None, True, 1)],
+    # ---- a callable learning rate is called with no argument: one that needs an argument (a
+    # schedule of another library among them) is refused at construction, not at the first step
+    _case(dict(learning_rate=ForeignSchedule()), ValueError, FOREIGN_SCHEDULE,
+          id="learning_rate=foreign-schedule"),
+    _case(dict(learning_rate=_one_argument_lr), ValueError, NEEDS_ARGUMENT,
+          id="learning_rate=function(step)"),
+    _case(dict(learning_rate=lambda step: 0.05), ValueError, NEEDS_ARGUMENT,
+          id="learning_rate=lambda-step"),
+    _case(dict(learning_rate=functools.partial(lambda a, step: a, 0.05)), ValueError,
+          NEEDS_ARGUMENT, id="learning_rate=partial-missing-step"),
+    _case(dict(learning_rate=NeedsArguments), ValueError, NEEDS_ARGUMENT,
+          id="learning_rate=class-needing-arguments"),
+    _case(dict(learning_rate=ForeignSchedule().__call__), ValueError, NEEDS_ARGUMENT,
+          id="learning_rate=bound-method(step)"),
     # ---- unknown keywords: TypeError naming them
     _case(dict(foo=1), TypeError, r"\bfoo\b"),
     _case(dict(momentum=0.9), TypeError, r"\bmomentum\b"),
@@ -190,6 +249,9 @@ ACCEPTED = [
     dict(learning_rate=0.0), dict(learning_rate=0), dict(learning_rate=1), dict(learning_rate=3),
     dict(learning_rate=np.float32(0.1)), dict(learning_rate=np.float64(0.1)),
     dict(learning_rate=np.int64(2)), dict(learning_rate=lambda: 0.1),
+    dict(learning_rate=lambda step=0: 0.1), dict(learning_rate=lambda *args: 0.1),
+    dict(learning_rate=functools.partial(_scaled_lr, 0.5)),
+    dict(learning_rate=ZeroArgumentWithConfig()), dict(learning_rate=float),
     dict(learning_rate=schedules.ExponentialDecay(0.1, 10, 0.5)),
     dict(beta_1=0.0, beta_2=0.0), dict(beta_1=0.999999, beta_2=np.float32(0.5)),
     dict(epsilon=0.0), dict(epsilon=0), dict(weight_decay=0.0), dict(weight_decay=0),
@@ -508,6 +570,12 @@ SETTER_CASES = [
     *[c for v in (0.1, 2)
       for c in _setter("learning_rate", v, TypeError, r"callable.*not settable",
                        init=dict(learning_rate=_lr_callable), id=f"learning_rate={v!r}-on-callable")],
+    # a callable that needs an argument is refused when set, as at construction
+    *[c for init in ({}, dict(learning_rate=_lr_schedule()), dict(learning_rate=_lr_callable))
+      for v, match, label in ((ForeignSchedule(), FOREIGN_SCHEDULE, "foreign-schedule"),
+                              (_one_argument_lr, NEEDS_ARGUMENT, "function(step)"))
+      for c in _setter("learning_rate", v, ValueError, match, init=init,
+                       id=f"learning_rate={label}")],
 ]
 
 
@@ -586,6 +654,38 @@ def test_setter_clip_switch_after_clearing():
     opt.clipnorm = None
     opt.clipvalue = 0.5
     assert (opt.clipnorm, opt.clipvalue, opt.global_clipnorm) == (None, 0.5, None)
+
+
+#: Attributes the class does not define: assigning one is refused (the steps would ignore it),
+#: with the setting meant when there is one.
+UNKNOWN_ATTRIBUTES = [
+    ("lr", 1e-9, r"^'Adamax' object has no attribute 'lr'; did you mean `learning_rate`\? "),
+    ("betas", (0.5, 0.5), r"no attribute 'betas'; did you mean `beta_1` and `beta_2`\?"),
+    ("eps", 1e-3, r"no attribute 'eps'; did you mean `epsilon`\?"),
+    ("beta1", 0.5, r"no attribute 'beta1'; did you mean `beta_1`\?"),
+    ("learning_rat", 0.1, r"no attribute 'learning_rat'; did you mean `learning_rate`\?"),
+    ("weight_decays", 0.1, r"did you mean `weight_decay`"),
+    ("amsgrad", True, r"no attribute 'amsgrad'\. "),
+]
+
+
+@pytest.mark.parametrize("when", ["unbuilt", "built"])
+@pytest.mark.parametrize("attr, value, match", UNKNOWN_ATTRIBUTES,
+                         ids=[a for a, _, _ in UNKNOWN_ATTRIBUTES])
+def test_unknown_attribute_is_refused_and_changes_nothing(attr, value, match, when):
+    env, twin = _setter_env({}, when), _setter_env({}, when)
+    snap = Snapshot(env)
+    with pytest.raises(AttributeError, match=match + ".*refused rather than stored"):
+        setattr(env.opt, attr, value)
+    snap.assert_unchanged()
+    assert attr not in vars(env.opt)
+    with pytest.raises(AttributeError, match=match.rstrip(" ")):
+        getattr(env.opt, attr)
+    for k in range(2):  # the same trajectory as a twin that never saw the assignment
+        env.opt.apply(make_ramp_grads(5 + k), env.vs)
+        twin.opt.apply(make_ramp_grads(5 + k), twin.vs)
+    for a, b in zip(env.vs, twin.vs):
+        assert bit_identical(a, b)
 
 
 def test_setter_failure_on_functional_hyperparameters():
@@ -763,6 +863,19 @@ INPUT_CASES = [
     InputCase("step-too-few-grads", lambda e: (na.step, e.vs, e.gs[:1], e.state),
               ValueError, r"Got 1 gradients for 2 params",
               ("functional",)),
+    InputCase("step-state-is-an-adamax", lambda e: (na.step, e.vs, e.gs, e.opt), TypeError,
+              r"^`step` expects an AdamaxState \(from `numba_adamax.init`, or an optimizer's "
+              r"`.state`\), got numba_adamax\.optimizer\.Adamax\. To use this Adamax, call its "
+              r"own `apply\(grads, variables\)`, or pass its `\.state`( once it is built)?\.$"),
+    InputCase("step-state-keyword-is-an-adamax",
+              lambda e: (functools.partial(na.step, state=e.opt), e.vs, e.gs), TypeError,
+              r"`step` expects an AdamaxState.*To use this Adamax", BUILT_KINDS),
+    InputCase("step-state-is-none", lambda e: (na.step, e.vs, e.gs, e.opt.state), TypeError,
+              r"got builtins\.NoneType\. An optimizer's `\.state` is None until it is built",
+              ("fresh", "fresh_gas")),
+    InputCase("step-state-is-a-state-dict",
+              lambda e: (na.step, e.vs, e.gs, e.state.state_dict()), TypeError,
+              r"`step` expects an AdamaxState.*got builtins\.dict\.$", ("functional",)),
     InputCase("step-params-ndarray", lambda e: (na.step, np.ones((2, 4)), e.gs, e.state),
               TypeError, r"`params` must be a list", ("functional",)),
     InputCase("step-dict-wrong-keys",
@@ -807,6 +920,11 @@ INPUT_CASES = [
               r"`names` must be distinct", ("fresh",)),
     InputCase("build-names-a-string", lambda e: (e.opt.build, e.vs, "ab"), TypeError,
               r"`names` must be a list", ("fresh",)),
+    InputCase("build-names-one-str", lambda e: (e.opt.build, e.vs, "w"), TypeError,
+              r"^`names` must be a list or a tuple of str, got the str 'w'; for one entry pass "
+              r"\['w'\]\.$", ("fresh",)),
+    InputCase("build-names-ndarray", lambda e: (e.opt.build, e.vs, np.array(["a", "b"])), TypeError,
+              r"^`names` must be a list or a tuple of str, got numpy\.ndarray\.$", ("fresh",)),
     InputCase("build-names-with-dict", lambda e: (e.opt.build, {"a": e.vs[0]}, ["a"]), ValueError,
               r"`names` cannot be given when the variables are a dict", ("fresh",)),
     InputCase("build-names-bad-variable-named",
@@ -835,6 +953,8 @@ INPUT_CASES = [
                 ValueError, r"weights\[0\] must be a non-negative integer counter", BUILT_KINDS)
       for name, c in (("negative", np.array(-1)), ("float", np.array(3.0)), ("bool", np.array(True)),
                       ("1d", np.array([3])), ("nan", NAN), ("string", "3"))],
+    InputCase("set_weights-dict", lambda e: (e.opt.set_weights, dict(enumerate(e.zero_weights()))),
+              TypeError, r"^`weights` must be a list or a tuple, got builtins\.dict\.$", BUILT_KINDS),
     InputCase("set_weights-not-sequence", lambda e: (e.opt.set_weights, iter(e.zero_weights())),
               TypeError, r"`weights` must be a list", BUILT_KINDS),
     # ---------------------------------------------------------------- finalize_variable_values
@@ -949,7 +1069,14 @@ def test_first_call_with_unknown_kwarg_style_error_builds_nothing():
     (dict(var_names="bias"), TypeError, r"`var_names` must be a list"),
     (dict(var_list=np.zeros(3)), TypeError, r"`var_list` must be a list"),
     (dict(var_names=["bias"], var_list="w"), TypeError, r"`var_list` must be a list"),
-], ids=["paren", "unclosed-bracket", "not-str", "a-string", "var_list-ndarray", "var_list-str"])
+    (dict(var_names="bias"), TypeError,
+     r"^`var_names` must be a list or a tuple of str, got the str 'bias'; for one entry pass "
+     r"\['bias'\]\.$"),
+    (dict(var_names={"bias": 1}), TypeError,
+     r"^`var_names` must be a list or a tuple of str, got builtins\.dict\.$"),
+    (dict(var_list={"w": 1}), TypeError, r"^`var_list` must be a list or a tuple, got builtins\.dict\.$"),
+], ids=["paren", "unclosed-bracket", "not-str", "a-string", "var_list-ndarray", "var_list-str",
+        "a-string-exactly", "var_names-dict", "var_list-dict"])
 def test_exclude_from_weight_decay_rejects(kwargs, exc, match, built):
     def setup():
         vs = make_variables()

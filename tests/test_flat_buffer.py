@@ -1,5 +1,8 @@
 """FlatBuffer and the one-call-per-dtype step: layout, parity with separate arrays, the
-O(1) path, and errors that change nothing."""
+O(1) path, dicts, copies, and errors that change nothing."""
+import copy
+import pickle
+import re
 import warnings
 
 import numpy as np
@@ -45,10 +48,71 @@ def test_from_arrays_copies_values():
     ([(2, -1)], ValueError, "non-negative"),
     ([(2.0,)], ValueError, "non-negative"),
     ("abc", TypeError, "shapes"),
-])
+    # a bare int is not a shape: one shape given where a list of shapes is expected ...
+    ((3, 4), ValueError, re.escape("`shapes` must be a list of shapes, got (3, 4): for one array "
+                                   "of shape (3, 4) pass [(3, 4)], for 1-D arrays pass "
+                                   "[(3,), (4,)].")),
+    ([5], ValueError, re.escape("got (5,): for one array of shape (5,) pass [(5,)].")),
+    # ... or an int among shapes
+    ([(3,), 4], ValueError, re.escape("`shapes[1]` must be a tuple of non-negative ints, got the "
+                                      "int 4; a 1-D array of 4 elements has the shape (4,).")),
+    ({"w": 3}, ValueError, re.escape("`shapes['w']` must be a tuple of non-negative ints, got the int 3")),
+    (np.array([3, 4]), TypeError, "^`shapes` must be a list, a tuple or a dict, got numpy.ndarray.$"),
+], ids=["negative", "float", "str", "one-shape", "one-int", "int-among-shapes", "dict-of-int",
+        "ndarray"])
 def test_bad_shapes_raise(bad, error, match):
     with pytest.raises(error, match=match):
         na.FlatBuffer(bad)
+
+
+def test_dicts_are_accepted_like_everywhere_else():
+    """A dict name -> shape (or name -> array for ``from_arrays``) names the arrays by its keys,
+    as a dict of variables does for the optimizer."""
+    shaped = na.FlatBuffer({"w": (2, 3), "b": (3,)}, np.float64)
+    assert shaped.names == ("w", "b") and [a.shape for a in shaped] == [(2, 3), (3,)]
+    arrays = {"w": np.arange(6.0).reshape(2, 3), "b": np.ones(3)}
+    copied = na.FlatBuffer.from_arrays(arrays)
+    assert copied.names == ("w", "b") and copied.layout == shaped.layout
+    for a, b in zip(arrays.values(), copied):
+        np.testing.assert_array_equal(a, b)
+        assert not np.shares_memory(a, b)
+    with pytest.raises(ValueError, match="`names` cannot be given when `arrays` is a dict"):
+        na.FlatBuffer.from_arrays(arrays, names=["x", "y"])
+    with pytest.raises(ValueError, match="`names` cannot be given when `shapes` is a dict"):
+        na.FlatBuffer({"w": (2,)}, names=["x"])
+    opt = na.Adamax(weight_decay=0.5)
+    opt.exclude_from_weight_decay(var_names=["^b$"])
+    opt.apply(copied.zeros_like(), copied)
+    assert opt.state.names == ("w", "b") and opt.state.weight_decay_mask == [True, False]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: na.FlatBuffer([(2,)], names="w"),
+     r"^`names` must be a list or a tuple of str, got the str 'w'; for one entry pass \['w'\]\.$"),
+    (lambda: na.FlatBuffer.from_arrays(np.ones((2, 3))),
+     r"^`arrays` must be a list, a tuple or a dict, got numpy\.ndarray\.$"),
+], ids=["names-str", "arrays-ndarray"])
+def test_messages_name_only_what_is_accepted(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("copier", [copy.deepcopy, lambda b: pickle.loads(pickle.dumps(b))],
+                         ids=["deepcopy", "pickle"])
+def test_copies_are_buffers_over_their_own_data(copier):
+    buf = _filled(na.FlatBuffer(SHAPES, np.float32, names=list("abcde")), 3)
+    twin = copier(buf)
+    assert twin.names == buf.names and twin.layout == buf.layout
+    assert twin.data.tobytes() == buf.data.tobytes() and not np.shares_memory(twin.data, buf.data)
+    for a, b, address in zip(twin, buf, twin.addresses):
+        assert a.base is twin.data and a.shape == b.shape and a.flags.writeable
+        assert address == a.__array_interface__["data"][0] or a.size == 0
+    twin[0][...] = 7.0
+    assert not (buf[0] == 7.0).any()
+    params, grads = twin, twin.zeros_like()  # the O(1) path works on the copy
+    opt = na.Adamax()
+    opt.apply(grads, params)
+    assert opt.iterations == 1
 
 
 @pytest.mark.parametrize("dtype", ["float16", "int32", "nonsense"])

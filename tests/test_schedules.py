@@ -26,6 +26,7 @@ from numba_adamax.schedules import (
     deserialize,
     serialize,
 )
+from conformance import load_keras_json
 from schedule_formulas import FormulaSchedule, cosine_decay, cosine_decay_restarts
 
 STEPS = range(51)
@@ -452,6 +453,79 @@ def test_deserialize_rejects_non_schedule_custom_object():
 def test_serialize_rejects_non_schedule():
     with pytest.raises(TypeError, match="LearningRateSchedule"):
         serialize(lambda step: 0.1)
+
+
+# ------------------------------------------------------------------------------------------
+# Schedules of another library (Keras') given to the optimizer
+# ------------------------------------------------------------------------------------------
+
+class KerasStyleExponentialDecay:
+    """Shaped like a Keras schedule object: ``__call__(step)``, ``get_config()``, and the dict
+    ``keras.optimizers.schedules.serialize`` makes of it (as recorded from Keras 3)."""
+
+    def __init__(self, serialized):
+        self.serialized = serialized
+
+    def __call__(self, step):
+        return FormulaSchedule("ExponentialDecay", self.get_config())(step)
+
+    def get_config(self):
+        config = dict(self.serialized["config"])
+        config.pop("name")
+        return config
+
+
+def _recorded_keras_schedule():
+    for entry in load_keras_json()["configs"].values():
+        lr = entry["optimizer_get_config"]["learning_rate"]
+        if isinstance(lr, dict) and lr["class_name"] == "ExponentialDecay":
+            return lr
+    raise AssertionError("no recorded ExponentialDecay")  # pragma: no cover
+
+
+CONVERSION = re.escape("numba_adamax.schedules.deserialize(keras.optimizers.schedules."
+                       "serialize(schedule))")
+
+
+def test_a_foreign_schedule_is_refused_at_construction_with_the_conversion():
+    """Only this library's schedules are called with the step; another object shaped like a
+    schedule is refused where it is given, not at the first step, with the conversion that
+    makes it one of ours (Keras' serialized form is what ``deserialize`` reads)."""
+    import numba_adamax as na
+
+    serialized = _recorded_keras_schedule()
+    foreign = KerasStyleExponentialDecay(serialized)
+    with pytest.raises(ValueError, match=r"schedule of another library .*" + CONVERSION):
+        na.Adamax(learning_rate=foreign)
+    with pytest.raises(ValueError, match=CONVERSION):
+        na.init([np.zeros(3)], learning_rate=foreign)
+    opt = na.Adamax(learning_rate=0.1)
+    with pytest.raises(ValueError, match=CONVERSION):
+        opt.learning_rate = foreign
+    assert opt.learning_rate == 0.1
+    converted = deserialize(serialized)  # serialize(foreign) in Keras gives `serialized`
+    opt = na.Adamax(learning_rate=converted)
+    assert opt.get_config()["learning_rate"] == serialized
+    w = np.zeros(3)
+    for step in range(5):
+        assert opt.learning_rate == pytest.approx(foreign(step), rel=REL, abs=ABS)
+        opt.apply([np.ones(3)], [w])
+
+
+def test_real_keras_schedules_are_refused_and_convert():
+    keras = pytest.importorskip("keras", reason="Keras is not installed")
+    import numba_adamax as na
+
+    keras_schedules = keras.optimizers.schedules
+    for cls, kwargs in CASES:
+        theirs = getattr(keras_schedules, cls.__name__)(**kwargs)
+        with pytest.raises(ValueError, match=CONVERSION):
+            na.Adamax(learning_rate=theirs)
+        ours = deserialize(keras_schedules.serialize(theirs))
+        assert type(ours) is cls and ours.get_config() == theirs.get_config()
+        na.Adamax(learning_rate=ours)
+        for step in range(0, 51, 5):
+            assert ours(step) == pytest.approx(float(theirs(step)), rel=1e-6, abs=1e-9)
 
 
 def test_all():

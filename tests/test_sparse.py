@@ -479,6 +479,7 @@ def test_nonfinite_sparse_values_follow_the_policy_and_change_nothing(policy):
 def test_plan_gives_the_rows_and_sums_of_deduplicate(pattern):
     """``backends.cuda.plan`` (the host plan device deduplication follows) lists the rows of the
     deduplication kernel, and summing by it in order gives its bits."""
+    pytest.importorskip("numba_cuda", reason="numba-cuda is not installed")
     from numba_adamax.backends.cuda import plan as device_plan
     from numba_adamax.kernels import cpu_sparse
     rng = np.random.default_rng(4)
