@@ -49,7 +49,9 @@ def run_child(cache_dir, feature, warmup=False):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-class TrackFirstStep:
+class _FreshCache:
+    """A new, empty ``NUMBA_CACHE_DIR`` per benchmark, removed afterwards."""
+
     params = (["plain", "clipnorm"],)
     param_names = ["feature"]
     timeout = 600
@@ -60,23 +62,18 @@ class TrackFirstStep:
     def teardown(self, feature):
         shutil.rmtree(self.cache_dir, ignore_errors=True)
 
+
+class TrackFirstStep(_FreshCache):
     def track_compile_seconds(self, feature):
         return run_child(self.cache_dir, feature)["first_step"]
 
     track_compile_seconds.unit = "seconds"
 
 
-class TrackWarmStart:
-    params = (["plain", "clipnorm"],)
-    param_names = ["feature"]
-    timeout = 600
-
+class TrackWarmStart(_FreshCache):
     def setup(self, feature):
-        self.cache_dir = tempfile.mkdtemp(prefix="numba-adamax-asv-")
+        super().setup(feature)
         run_child(self.cache_dir, feature)  # fill the cache
-
-    def teardown(self, feature):
-        shutil.rmtree(self.cache_dir, ignore_errors=True)
 
     def track_import_and_first_step_seconds(self, feature):
         timings = run_child(self.cache_dir, feature)
@@ -85,17 +82,7 @@ class TrackWarmStart:
     track_import_and_first_step_seconds.unit = "seconds"
 
 
-class TrackFirstStepAfterWarmup:
-    params = (["plain", "clipnorm"],)
-    param_names = ["feature"]
-    timeout = 600
-
-    def setup(self, feature):
-        self.cache_dir = tempfile.mkdtemp(prefix="numba-adamax-asv-")
-
-    def teardown(self, feature):
-        shutil.rmtree(self.cache_dir, ignore_errors=True)
-
+class TrackFirstStepAfterWarmup(_FreshCache):
     def track_first_step_seconds(self, feature):
         return run_child(self.cache_dir, feature, warmup=True)["first_step"]
 
