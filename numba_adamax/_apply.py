@@ -34,7 +34,8 @@ class Call:
     ``hyperparameters``: the settings it runs with. ``learning_rate``: the rate of
     an update step, None on an accumulation micro-step. ``skipped``: True when the
     ``"skip"`` policy drops the call (only ``skipped_steps`` changes). ``refs``: the
-    drivers' gradient references packed once by a ``BoundStep``, or None.
+    drivers' references to the dense gradients when already made for this call (by
+    the finite check, or packed once by a ``BoundStep``), else None.
     """
 
     __slots__ = ("state", "grads", "hyperparameters", "learning_rate", "skipped", "refs")
@@ -66,8 +67,9 @@ def prepare(state, grads, passed=None, hyperparameters=None, refs=None):
         missing = 0
     else:
         missing, grads = check.gradients(grads, state.arrays, state.names)
-    skipped = hp.nonfinite != "propagate" and _screen_nonfinite(state, grads, hp.nonfinite,
-                                                                refs)
+    skipped = False
+    if hp.nonfinite != "propagate":
+        skipped, refs = _screen_nonfinite(state, grads, hp.nonfinite, refs)
     learning_rate = None
     if not skipped and _is_update_step(state, hp):
         learning_rate = hp.learning_rate_at(state.raw_steps)
@@ -96,17 +98,16 @@ def _is_update_step(state, hp):
 
 
 def _screen_nonfinite(state, grads, policy, refs=None):
-    """True when the call must be skipped (``"skip"``) because a gradient holds NaN or
-    inf; raises ``FloatingPointError`` naming the first such variable under
-    ``"raise"``. Dense gradients are checked per dtype group (one read pass each),
-    then the values of sparse ones. Mutates nothing."""
-    bad = _first_nonfinite(state, grads, refs)
-    if bad is None:
-        return False
-    if policy == "raise":
+    """``(skip, refs)``: whether the call must be skipped (``"skip"``) because a
+    gradient holds NaN or inf, and the dense gradients' references made for the check
+    (or ``refs`` as given). Raises ``FloatingPointError`` naming the first such
+    variable under ``"raise"``. Dense gradients are checked per dtype group (one read
+    pass each), then the values of sparse ones. Mutates nothing."""
+    bad, refs = _first_nonfinite(state, grads, refs)
+    if bad is not None and policy == "raise":
         raise FloatingPointError(f"The gradient for variable {state.names[bad]!r} holds NaN "
                                  "or inf (nonfinite='raise'); nothing was changed.")
-    return True
+    return bad is not None, refs
 
 
 def _first_nonfinite(state, grads, refs):
@@ -119,8 +120,8 @@ def _first_nonfinite(state, grads, refs):
         for group, group_refs in zip(state.groups, refs):
             flags = backend.nonfinite_flags(state, group, group_refs)
             if flags.any():
-                return group.indices[int(np.flatnonzero(flags)[0])]
-    return _sparse.first_nonfinite(state, grads) if sparse else None
+                return group.indices[int(np.flatnonzero(flags)[0])], refs
+    return (_sparse.first_nonfinite(state, grads) if sparse else None), refs
 
 
 def _dense_part(grads):

@@ -34,6 +34,9 @@ _CHECKS = {
     "name": check.name,
 }
 
+#: Every field of ``Hyperparameters``, in constructor order.
+FIELDS = tuple(_CHECKS)
+
 #: Fields that decide which slots exist; fixed once a state has been built.
 STRUCTURAL = ("use_ema", "gradient_accumulation_steps")
 

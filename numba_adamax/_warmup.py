@@ -17,7 +17,7 @@ from . import _apply
 from . import _state
 from . import _validation as check
 from . import functional
-from ._hyperparameters import Hyperparameters
+from ._hyperparameters import FIELDS, Hyperparameters
 from ._indexed_slices import IndexedSlices
 from .kernels import config
 
@@ -107,10 +107,8 @@ def _sizes(parallel):
 
 def _scratch_settings(hp):
     """A copy of ``hp`` with a float learning rate and no decay (same kernels)."""
-    fields = {name: getattr(hp, name) for name in (
-        "beta_1", "beta_2", "epsilon", "weight_decay", "clipnorm", "clipvalue",
-        "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
-        "loss_scale_factor", "gradient_accumulation_steps", "nonfinite")}
+    fields = {name: getattr(hp, name) for name in FIELDS
+              if name not in ("learning_rate", "decay", "name")}
     return Hyperparameters(learning_rate=0.001, **fields)
 
 

@@ -15,7 +15,7 @@ from ..kernels import addresses, config
 from ..kernels import cpu as _dense_kernels
 from ..kernels import cpu_sparse as _sparse_kernels
 from . import compile_log
-from .rows import Rows
+from .rows import Rows, rows_per_chunk
 
 device = None
 compile_log.install()
@@ -122,12 +122,8 @@ def sparse_square_sum(state, i, rows, settings, sums):
     per_row = rows.rows.size * rows.row_size
     sums[view.group.position][view.k] = _pick(_ROW_SUMS, per_row)(
         rows.rows, rows.row_size,
-        _rows_per_chunk(rows.row_size), rows.values, view.accumulator,
+        rows_per_chunk(rows.row_size), rows.values, view.accumulator,
         settings.loss_scale or 1.0, settings.steps, view.w)
-
-
-def _rows_per_chunk(row_size):
-    return max(1, config.REDUCTION_CHUNK // max(1, row_size))
 
 
 def clip_tables(state, sums, settings):

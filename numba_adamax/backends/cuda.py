@@ -25,7 +25,7 @@ from ..kernels import cuda_sparse as sparse_kernels
 from ..kernels.cuda import blocks_for, blocks_for_elements, stream_or_default
 from ..kernels.cuda_pointers import device_address as data_address
 from . import compile_log
-from .rows import Rows
+from .rows import Rows, rows_per_chunk
 
 device = "cuda"
 compile_log.install()
@@ -175,7 +175,7 @@ def sparse_square_sum(state, i, rows, settings, sums):
     with the CPU driver's bits (same chunking, same order); mutates only that entry."""
     view = state.views[i]
     dt = view.group.slot_dtype.type
-    per_chunk = max(1, config.REDUCTION_CHUNK // max(1, rows.row_size))
+    per_chunk = rows_per_chunk(rows.row_size)
     chunks = -(-rows.rows.size // per_chunk) if rows.row_size else 0
     s = stream_or_default(state.stream)
     partial = cuda.device_array(max(1, chunks), dtype=np.float64, stream=s)

@@ -1,4 +1,12 @@
-"""``Rows``: what the drivers' sparse operations exchange with ``_sparse``."""
+"""``Rows``: what the drivers' sparse operations exchange with ``_sparse``, and the
+chunking both drivers sum a sparse gradient's squared norm in."""
+from ..kernels import config
+
+
+def rows_per_chunk(row_size):
+    """Rows per partial sum of a sparse squared norm: ``config.REDUCTION_CHUNK`` elements
+    rounded to whole rows. Both drivers use it, so CUDA reproduces the CPU's bits."""
+    return max(1, config.REDUCTION_CHUNK // max(1, row_size))
 
 
 class Rows:
