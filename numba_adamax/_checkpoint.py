@@ -55,11 +55,19 @@ def write(d, path):
     metadata = json.dumps(fields, sort_keys=True, allow_nan=False).encode()
     arrays = {"metadata": np.frombuffer(metadata, np.uint8)}
     arrays.update((_slot_key(j), np.asarray(a)) for j, a in enumerate(d["slots"]))
-    _atomic_write(os.fspath(path), arrays)
+    write_signed(os.fspath(path), arrays)
+
+
+def write_signed(path, arrays):
+    """Write the named arrays ``arrays`` as one signed ``.npz`` archive at ``path``,
+    atomically (see the module docstring). Returns the hex SHA-256 of the whole file
+    as written. On any failure the previous file at ``path`` is intact."""
+    return atomic_write(path, lambda f: _write_archive(f, arrays))
 
 
 def _write_archive(f, arrays):
-    """Write ``arrays`` as a signed ``.npz`` archive into the binary file ``f``."""
+    """Write ``arrays`` as a signed ``.npz`` archive into the binary file ``f``; return
+    the hex SHA-256 of the complete file (signature included)."""
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, array in arrays.items():
             with archive.open(name + ".npy", "w", force_zip64=True) as member:
@@ -74,16 +82,24 @@ def _write_archive(f, arrays):
         chunk = f.read(min(remaining, 1 << 20))
         digest.update(chunk)
         remaining -= len(chunk)
-    f.write(digest.hexdigest().encode("ascii"))
+    signature = digest.hexdigest().encode("ascii")
+    f.write(signature)
+    digest.update(signature)
+    return digest.hexdigest()
 
 
-def _atomic_write(path, arrays):
+def atomic_write(path, fill):
+    """Create or replace the file ``path`` atomically: ``fill(f)`` writes the content
+    into ``f``, a temporary file opened ``w+b`` in the same directory, which is then
+    flushed, ``fsync``-ed and renamed over ``path``; the directory is ``fsync``-ed.
+    Returns what ``fill`` returned. On any failure the previous file at ``path`` is
+    intact and the temporary file is removed."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                dir=directory)
     try:
         with os.fdopen(fd, "w+b") as f:
-            _write_archive(f, arrays)
+            result = fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -93,7 +109,13 @@ def _atomic_write(path, arrays):
         except FileNotFoundError:
             pass
         raise
-    if os.name == "posix":  # make the rename itself durable
+    fsync_directory(directory)
+    return result
+
+
+def fsync_directory(directory):
+    """Make renames and new entries in ``directory`` durable (POSIX; a no-op elsewhere)."""
+    if os.name == "posix":
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -108,6 +130,20 @@ def read(path):
     unmodified checkpoint; ``OSError`` (e.g. ``FileNotFoundError``) when it cannot be
     opened. Never unpickles anything."""
     path = os.fspath(path)
+    data = read_signed(path)
+    try:
+        return _parse(data)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path!r}: {exc}") from None
+    except Exception as exc:  # zipfile, npy-header, JSON and decoding errors alike
+        raise CheckpointError(f"{path!r} is not a readable numba_adamax checkpoint: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+
+def read_signed(path):
+    """The bytes of the signed archive at ``path``, once its signature is checked.
+    Raises ``CheckpointError`` when the signature is missing or does not match;
+    ``OSError`` when the file cannot be read. Mutates nothing."""
     with open(path, "rb") as f:
         data = f.read()
     tail = data[-(len(SIGNATURE) + _HEX):]
@@ -117,13 +153,7 @@ def read(path):
     expected = hashlib.sha256(memoryview(data)[:len(data) - _HEX]).hexdigest().encode()
     if not hmac.compare_digest(expected, tail[-_HEX:]):
         raise CheckpointError(f"{path!r} failed its SHA-256 check: the file is corrupted.")
-    try:
-        return _parse(data)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path!r}: {exc}") from None
-    except Exception as exc:  # zipfile, npy-header, JSON and decoding errors alike
-        raise CheckpointError(f"{path!r} is not a readable numba_adamax checkpoint: "
-                              f"{type(exc).__name__}: {exc}") from exc
+    return data
 
 
 def _parse(data):
