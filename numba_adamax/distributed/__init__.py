@@ -4,6 +4,7 @@ engine (MPI through ``mpi4py``, or ``torch.distributed``).
 The library chooses partitions and calls collectives through a communicator
 (``MPIComm``, ``SelfComm``); it never moves bytes itself.
 """
+from ._checkpoint import consolidate
 from ._comm import Comm, MPIComm, SelfComm
 
-__all__ = ["Comm", "MPIComm", "SelfComm"]
+__all__ = ["Comm", "MPIComm", "SelfComm", "consolidate"]
