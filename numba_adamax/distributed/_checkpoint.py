@@ -296,7 +296,7 @@ def _check_group(summary, layout):
     for rank, (_, _, pieces, _) in enumerate(summary):
         for variable, begin, end in pieces:
             if end > begin:
-                held[variable].append((begin, end, rank))
+                held[variable].append((begin, end, f"rank {rank}"))
     for variable, ranges in enumerate(held):
         _check_cover(sorted(ranges), layout.sizes[variable],
                      f"variable {variable} ({layout.names[variable]!r})", ValueError,
@@ -658,7 +658,7 @@ def _check_manifest(body):
         if not (check.is_int(f["begin"]) and check.is_int(f["end"])
                 and 0 <= f["begin"] < f["end"] <= layout.sizes[f["variable"]]):
             raise ValueError(f"fragment {f}: bad element range")
-        held[f["slot"], f["variable"]].append((f["begin"], f["end"], f["file"]))
+        held[f["slot"], f["variable"]].append((f["begin"], f["end"], repr(f["file"])))
     for (slot, v), ranges in held.items():
         _check_cover(sorted(ranges), layout.sizes[v], f"slot {slot!r} of variable {v}",
                      ValueError, "the fragments")
@@ -790,8 +790,8 @@ def _check_header(header, label):
         raise ValueError(f"{label} lacks the fields {missing}.")
     try:
         header = json.loads(json.dumps(dict(header), allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{label} must hold JSON values only: {exc}") from None
+    except (TypeError, ValueError) as exc:  # a type JSON lacks; NaN or infinity
+        raise type(exc)(f"{label} must hold JSON values only: {exc}") from None
     config = header["config"]
     if not isinstance(config, dict):
         raise TypeError(f"{label}['config'] must be a dict (_state_dict.json_config), got "
