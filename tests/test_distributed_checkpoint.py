@@ -716,3 +716,23 @@ def test_bad_consolidate_arguments_are_refused(tmp_path):
 def test_consolidate_is_exported():
     import numba_adamax.distributed as dist
     assert dist.consolidate is consolidate and "consolidate" in dist.__all__
+
+
+def test_a_failed_second_rename_puts_the_previous_checkpoint_back(tmp_path, monkeypatch):
+    _synthetic(tmp_path / "ckpt")
+    before = sc.files_digest(tmp_path)
+    monkeypatch.setattr(sharded, "_exchange", lambda a, b: False)
+    rename, calls = os.rename, []
+
+    def second_fails(a, b):
+        calls.append((a, b))
+        if len(calls) == 2:
+            raise OSError("simulated failure of the second rename")
+        rename(a, b)
+
+    monkeypatch.setattr(sharded.os, "rename", second_fails)
+    with pytest.raises(OSError, match="second rename"):
+        _synthetic(tmp_path / "ckpt", seed=5, raw_steps=10)
+    monkeypatch.undo()
+    assert len(calls) == 3 and sc.files_digest(tmp_path) == before
+    _load_everything(tmp_path / "ckpt")

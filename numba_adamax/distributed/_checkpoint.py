@@ -183,8 +183,9 @@ def _target_directory(path):
                          "does not exist; create it first.")
     if os.path.lexists(target):
         if not os.path.isdir(target) or os.path.islink(target):
-            raise ValueError(f"`path` {target!r} exists and is not a directory; a sharded "
-                             "checkpoint is a directory (na.save_state writes single files).")
+            raise ValueError(f"`path` {target!r} exists and is not a directory (or is a "
+                             "symbolic link); a sharded checkpoint is a directory "
+                             "(na.save_state writes single files).")
         foreign = sorted(n for n in os.listdir(target)
                          if n != MANIFEST and not _SHARD_NAME.fullmatch(n))
         if foreign:
@@ -386,7 +387,11 @@ def _commit(temporary, target, token):
     else:
         previous = os.path.join(parent, f".{os.path.basename(target)}.old-{token}")
         os.rename(target, previous)
-        os.rename(temporary, target)
+        try:
+            os.rename(temporary, target)
+        except BaseException:
+            os.rename(previous, target)  # the previous checkpoint back in place
+            raise
         shutil.rmtree(previous, ignore_errors=True)
     _checkpoint.fsync_directory(parent)
 
