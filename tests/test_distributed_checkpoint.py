@@ -736,3 +736,54 @@ def test_a_failed_second_rename_puts_the_previous_checkpoint_back(tmp_path, monk
     monkeypatch.undo()
     assert len(calls) == 3 and sc.files_digest(tmp_path) == before
     _load_everything(tmp_path / "ckpt")
+
+
+def _rewrite_shard(path, change):
+    """Rewrite the one shard of ``path`` with ``change(members)`` applied, signed, and the
+    manifest re-signed with its new digest: damage that only the content checks find."""
+    shard = path / SHARD
+    with np.load(shard, allow_pickle=False) as archive:
+        members = {k: archive[k] for k in archive.files}
+    change(members)
+    digest = single_file.write_signed(str(shard), members)
+    _resign_manifest(path, lambda b: b["shards"][0].__setitem__("sha256", digest))
+
+
+def _metadata(members):
+    return json.loads(members["metadata"].tobytes())
+
+
+def _set_member(name_of, value):
+    def change(members):
+        members[name_of(_metadata(members))] = value(members[name_of(_metadata(members))])
+    return change
+
+
+def _first_fragment(metadata):
+    return metadata["fragments"][0]["member"]
+
+
+def _touched_member(metadata):
+    return next(w["member"] for w in metadata["whole"] if w["name"] == "touched_rows")
+
+
+@pytest.mark.parametrize("change, match", [
+    (_set_member(_first_fragment, lambda a: a.astype(np.float16)),
+     r"member 'f000000' has dtype float16 and shape \(\d+,\); the manifest expects"),
+    (_set_member(_first_fragment, lambda a: a[:-1]), r"the manifest expects"),
+    (lambda members: members.__setitem__("extra", np.zeros(2)),
+     r"holds other members than its metadata lists"),
+    (_set_member(_touched_member, lambda a: a[::-1].copy()),
+     r"touched_rows must hold ascending distinct row numbers"),
+    (lambda members: members.__setitem__("metadata", np.frombuffer(b"{", np.uint8)),
+     r"is not readable: JSONDecodeError"),
+], ids=["member dtype", "member length", "extra member", "touched rows", "metadata"])
+def test_a_resigned_shard_with_other_content_is_refused(tmp_path, change, match):
+    _synthetic(tmp_path / "ckpt")
+    _rewrite_shard(tmp_path / "ckpt", change)
+    before = sc.files_digest(tmp_path)
+    with pytest.raises(na.CheckpointError, match=match):
+        _load_everything(tmp_path / "ckpt")
+    with pytest.raises(na.CheckpointError, match=match):
+        consolidate(tmp_path / "ckpt", tmp_path / "one.npz")
+    assert sc.files_digest(tmp_path) == before

@@ -43,6 +43,7 @@ directory without a valid manifest is not a checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import dataclasses
@@ -473,35 +474,51 @@ def _load_local(path, pieces, expect):
 
 
 def _read_pieces(directory, manifest, layout, pieces):
-    """New arrays for ``pieces`` from the overlapping fragments; reads only their files."""
+    """New arrays for ``pieces`` from the overlapping fragments; opens only their files,
+    one at a time."""
     by_variable = {}
     for i, piece in enumerate(pieces):
         if piece.end > piece.begin:
             by_variable.setdefault(piece.variable, []).append((i, piece))
-    needed = [f for f in manifest["fragments"]
-              if any(p.begin < f["end"] and f["begin"] < p.end
-                     for _, p in by_variable.get(f["variable"], ()))]
     variables = {p.variable for p in pieces}
-    kept = [w for w in manifest["whole"] if w["variable"] in variables]
-    archives = {name: _open_shard(directory, manifest, name)
-                for name in sorted({e["file"] for e in needed + kept})}
+    needed = {}  # file -> the fragments and whole arrays to read from it
+    for fragment in manifest["fragments"]:
+        if any(p.begin < fragment["end"] and fragment["begin"] < p.end
+               for _, p in by_variable.get(fragment["variable"], ())):
+            needed.setdefault(fragment["file"], ([], []))[0].append(fragment)
+    for entry in manifest["whole"]:
+        if entry["variable"] in variables:
+            needed.setdefault(entry["file"], ([], []))[1].append(entry)
     slots = {name: [np.empty(p.end - p.begin, layout.slot_dtypes[p.variable]) for p in pieces]
              for name in layout.slot_names}
-    for fragment in needed:
-        source = _member(archives, fragment, layout)
-        for i, piece in by_variable[fragment["variable"]]:
-            begin, end = max(piece.begin, fragment["begin"]), min(piece.end, fragment["end"])
-            if begin < end:
-                slots[fragment["slot"]][i][begin - piece.begin:end - piece.begin] = \
-                    source[begin - fragment["begin"]:end - fragment["begin"]]
-    whole = {v: {} for v in sorted(variables)}
-    for entry in kept:
-        whole[entry["variable"]][entry["name"]] = _whole_member(archives, entry, layout)
-    return slots, {v: arrays for v, arrays in whole.items() if arrays}
+    whole = {}
+    for name in sorted(needed):
+        fragments, kept = needed[name]
+        with _shard(directory, manifest, name) as archive:
+            for fragment in fragments:
+                source = _member(archive, fragment, layout)
+                for i, piece in by_variable[fragment["variable"]]:
+                    begin = max(piece.begin, fragment["begin"])
+                    end = min(piece.end, fragment["end"])
+                    if begin < end:
+                        slots[fragment["slot"]][i][begin - piece.begin:end - piece.begin] = \
+                            source[begin - fragment["begin"]:end - fragment["begin"]]
+            for entry in kept:
+                whole.setdefault(entry["variable"], {})[entry["name"]] = \
+                    _whole_member(archive, entry, layout)
+    return slots, {v: whole[v] for v in sorted(whole)}
 
 
-def _member(archives, fragment, layout):
-    array = archives[fragment["file"]][fragment["member"]]
+def _read_member(archive, entry):
+    try:
+        return archive[entry["member"]]
+    except Exception as exc:  # zipfile and npy-header errors alike
+        raise CheckpointError(f"Shard {entry['file']!r}: member {entry['member']!r} is not "
+                              f"readable: {type(exc).__name__}: {exc}") from exc
+
+
+def _member(archive, fragment, layout):
+    array = _read_member(archive, fragment)
     dtype = layout.slot_dtypes[fragment["variable"]]
     if array.dtype != dtype or array.shape != (fragment["end"] - fragment["begin"],):
         raise CheckpointError(f"Shard {fragment['file']!r}: member {fragment['member']!r} has "
@@ -510,8 +527,8 @@ def _member(archives, fragment, layout):
     return array
 
 
-def _whole_member(archives, entry, layout):
-    array = archives[entry["file"]][entry["member"]]
+def _whole_member(archive, entry, layout):
+    array = _read_member(archive, entry)
     if entry["name"] == "touched_rows":
         try:
             _check_touched_rows(array, layout, entry["variable"], "touched_rows")
@@ -520,9 +537,10 @@ def _whole_member(archives, entry, layout):
     return array
 
 
-def _open_shard(directory, manifest, name):
-    """The members of shard ``name`` (a dict of arrays) once its signature, its digest in
-    the manifest and its own metadata are checked."""
+@contextlib.contextmanager
+def _shard(directory, manifest, name):
+    """The open archive of shard ``name`` (members read on access), once its signature,
+    its digest in the manifest and its own metadata are checked."""
     path = os.path.join(directory, name)
     try:
         data = _checkpoint.read_signed(path)
@@ -534,26 +552,26 @@ def _open_shard(directory, manifest, name):
         raise CheckpointError(f"Shard {path!r} does not match the manifest's SHA-256: it is from "
                               "another save, or it was changed.")
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            members = {key: archive[key] for key in archive.files}
-        metadata = json.loads(members.pop("metadata").tobytes().decode("utf-8"))
+        archive = np.load(io.BytesIO(data), allow_pickle=False)
+        metadata = json.loads(archive["metadata"].tobytes().decode("utf-8"))
     except Exception as exc:  # zipfile, npy-header, JSON and decoding errors alike
         raise CheckpointError(f"Shard {path!r} is not readable: {type(exc).__name__}: {exc}") \
             from exc
-    rank = manifest["ranks"][name]
-    expected = {"magic": SHARD_MAGIC, "token": manifest["token"], "rank": rank,
-                "world_size": manifest["layout"].header["world_size"],
-                "fragments": [_without_file(f) for f in manifest["fragments"]
-                              if f["file"] == name],
-                "whole": [_without_file(w) for w in manifest["whole"] if w["file"] == name]}
-    if metadata != expected:
-        raise CheckpointError(f"Shard {path!r} does not describe itself as the manifest "
-                              "describes it.")
-    listed = {e["member"] for e in expected["fragments"] + expected["whole"]}
-    if set(members) != listed:
-        raise CheckpointError(f"Shard {path!r} holds the members {sorted(members)[:5]}..., not "
-                              "the ones its metadata lists.")
-    return members
+    with archive:
+        fragments, kept = manifest["by_file"][name]
+        expected = {"magic": SHARD_MAGIC, "token": manifest["token"],
+                    "rank": manifest["ranks"][name],
+                    "world_size": manifest["layout"].header["world_size"],
+                    "fragments": [_without_file(f) for f in fragments],
+                    "whole": [_without_file(w) for w in kept]}
+        if metadata != expected:
+            raise CheckpointError(f"Shard {path!r} does not describe itself as the manifest "
+                                  "describes it.")
+        listed = {"metadata"} | {e["member"] for e in fragments + kept}
+        if set(archive.files) != listed:
+            raise CheckpointError(f"Shard {path!r} holds other members than its metadata "
+                                  "lists.")
+        yield archive
 
 
 def _without_file(entry):
@@ -586,6 +604,13 @@ def _single_file_slots(slots, layout):
             per_name[name], j = slots[j:j + count], j + count
     per_name["m"], per_name["u"] = slots[j::2], slots[j + 1::2]
     return per_name
+
+
+def _single_file_order(per_name):
+    """The format-1 slot list of per-variable arrays by slot name (the inverse of
+    ``_single_file_slots``)."""
+    return [*per_name.get("ema", ()), *per_name.get("accumulator", ()),
+            *(a for pair in zip(per_name["m"], per_name["u"]) for a in pair)]
 
 
 def _slice_single_file(d, layout, pieces):
@@ -674,8 +699,13 @@ def _check_manifest(body):
             raise TypeError(f"whole entry {w}: name must be a str")
     if len({(w["variable"], w["name"]) for w in kept}) != len(kept):
         raise ValueError("an array kept whole is listed twice")
+    by_file = {name: ([], []) for name in files}
+    for f in fragments:
+        by_file[f["file"]][0].append(f)
+    for w in kept:
+        by_file[w["file"]][1].append(w)
     return {**body, "layout": layout, "digests": {s["file"]: s["sha256"] for s in shards},
-            "ranks": {s["file"]: s["rank"] for s in shards}}
+            "ranks": {s["file"]: s["rank"] for s in shards}, "by_file": by_file}
 
 
 def _entries(value, label, keys):
@@ -724,22 +754,21 @@ def consolidate(path, out) -> None:
                          "elsewhere.")
     manifest = _read_manifest(source)
     layout = manifest["layout"]
-    archives = {s["file"]: _open_shard(source, manifest, s["file"])
-                for s in manifest["shards"]}
     full = {name: [np.empty(size, dtype) for size, dtype in zip(layout.sizes, layout.slot_dtypes)]
             for name in layout.slot_names}
-    for fragment in manifest["fragments"]:
-        full[fragment["slot"]][fragment["variable"]][fragment["begin"]:fragment["end"]] = \
-            _member(archives, fragment, layout)
     touched = [[] for _ in layout.sizes] if layout.use_accumulator else []
-    for entry in manifest["whole"]:
-        array = _whole_member(archives, entry, layout)
-        if entry["name"] == "touched_rows" and layout.use_accumulator:
-            touched[entry["variable"]] = array.tolist()
-    shaped = {name: [a.reshape(s) for a, s in zip(arrays, layout.shapes)]
-              for name, arrays in full.items()}
-    ordered = [*shaped.get("ema", ()), *shaped.get("accumulator", ()),
-               *(a for pair in zip(shaped["m"], shaped["u"]) for a in pair)]
+    for shard in manifest["shards"]:  # every shard, the ones without fragments too
+        fragments, kept = manifest["by_file"][shard["file"]]
+        with _shard(source, manifest, shard["file"]) as archive:
+            for fragment in fragments:
+                full[fragment["slot"]][fragment["variable"]][fragment["begin"]:fragment["end"]] \
+                    = _member(archive, fragment, layout)
+            for entry in kept:
+                array = _whole_member(archive, entry, layout)
+                if entry["name"] == "touched_rows" and layout.use_accumulator:
+                    touched[entry["variable"]] = array.tolist()
+    ordered = _single_file_order({name: [a.reshape(s) for a, s in zip(arrays, layout.shapes)]
+                                  for name, arrays in full.items()})
     header = layout.header
     d = {"format_version": _state_dict.STATE_FORMAT_VERSION, "config": header["config"],
          "raw_steps": header["raw_steps"], "iterations": header["iterations"],
