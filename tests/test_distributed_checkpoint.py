@@ -135,7 +135,6 @@ def test_every_save_world_size_loads_exactly_at_every_load_world_size(launches):
     assert pairs == {(n, m) for n in WORLD_SIZES for m in WORLD_SIZES}
 
 
-@needs_mpi
 @pytest.mark.parametrize("n", WORLD_SIZES)
 def test_the_layouts_are_uneven_split_and_leave_a_rank_empty(n):
     layout = sc.save_layout(n, seed=100 + n)

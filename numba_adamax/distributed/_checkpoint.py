@@ -3,8 +3,8 @@ number of ranks loads them back, and ``consolidate`` turns them into one single-
 checkpoint.
 
 The functions here know nothing of how an optimizer partitions its state. A rank
-describes what it holds as ``Piece``\\ s (a contiguous element range of one flattened
-variable) and passes, per slot name, one 1-D host array per piece.
+describes what it holds as a list of ``Piece`` (a contiguous element range of one
+flattened variable) and passes, per slot name, one 1-D host array per piece.
 
 On disk a checkpoint is a directory::
 
@@ -35,11 +35,14 @@ the variables it touches), and checks their digests against the manifest.
 
 Saving writes into a temporary directory ``.<name>.tmp-<token>`` next to the target:
 every rank writes its shard, rank 0 gathers the digests and writes the manifest, then
-renames the directory onto the target (over an existing checkpoint: an atomic exchange
-where the system has one, else two renames), so the target is always either the old
-complete checkpoint or the new one. A save that dies before the rename leaves the old
-checkpoint in place (and possibly its temporary directory, which may be deleted). A
-directory without a valid manifest is not a checkpoint.
+renames the directory onto the target. Over an existing checkpoint that is one atomic
+exchange where the system has it (Linux), so the target is always the old complete
+checkpoint or the new one; elsewhere it is two renames (old aside, new in), and a crash
+between them leaves the target absent with both complete copies beside it. A save that
+dies before the rename leaves the old checkpoint in place (and possibly its temporary
+directory, which may be deleted). A directory without a valid manifest is not a
+checkpoint. ``load`` also reads a single-file checkpoint (``na.save_state``), each rank
+slicing its pieces out of it.
 """
 from __future__ import annotations
 
