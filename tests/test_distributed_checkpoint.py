@@ -172,6 +172,16 @@ def test_consolidated_checkpoint_loads_into_one_process_bit_for_bit(launches, st
     na.load_state(resumed, out)
     assert_unchanged(snapshot_state(saved, params), snapshot_state(resumed, resumed_params),
                      f"consolidated from {n} ranks")
+    # the class loads it too
+    opt = na.Adamax(learning_rate=0.01, use_ema=True, gradient_accumulation_steps=3,
+                    weight_decay=0.01)
+    opt.build([p.copy() for p in params], names=REAL_NAMES)
+    opt.load_state(out)
+    assert (opt.iterations, opt.state.raw_steps) == (saved.iterations, saved.raw_steps)
+    assert all(bit_identical(a, b) for a, b in zip(opt.state.state_arrays(),
+                                                   saved.state_arrays(), strict=True))
+    assert [opt.state.touched(i).tolist() for i in range(4)] == \
+        [saved.touched(i).tolist() for i in range(4)]
     # and the same file as a one-process save of that state would be, field by field
     want, got = saved.state_dict(), single_file.read(out)
     assert {k: v for k, v in got.items() if k != "slots"} == \

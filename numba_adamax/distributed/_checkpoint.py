@@ -759,7 +759,7 @@ def consolidate(path, out) -> None:
     layout = manifest["layout"]
     full = {name: [np.empty(size, dtype) for size, dtype in zip(layout.sizes, layout.slot_dtypes)]
             for name in layout.slot_names}
-    touched = [[] for _ in layout.sizes] if layout.use_accumulator else []
+    touched: list[list[int]] = [[] for _ in layout.sizes] if layout.use_accumulator else []
     for shard in manifest["shards"]:  # every shard, the ones without fragments too
         fragments, kept = manifest["by_file"][shard["file"]]
         with _shard(source, manifest, shard["file"]) as archive:
