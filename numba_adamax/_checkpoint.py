@@ -144,16 +144,23 @@ def read_signed(path):
     """The bytes of the signed archive at ``path``, once its signature is checked.
     Raises ``CheckpointError`` when the signature is missing or does not match;
     ``OSError`` when the file cannot be read. Mutates nothing."""
+    return read_signed_digest(path)[0]
+
+
+def read_signed_digest(path):
+    """``(data, digest)``: what ``read_signed`` returns, and the hex SHA-256 of the whole
+    file (signature included), the value ``write_signed`` returned."""
     with open(path, "rb") as f:
         data = f.read()
     tail = data[-(len(SIGNATURE) + _HEX):]
     if not tail.startswith(SIGNATURE):
         raise CheckpointError(f"{path!r} is not a numba_adamax checkpoint, or it is truncated "
                               "(no signature at its end).")
-    expected = hashlib.sha256(memoryview(data)[:len(data) - _HEX]).hexdigest().encode()
-    if not hmac.compare_digest(expected, tail[-_HEX:]):
+    digest = hashlib.sha256(memoryview(data)[:len(data) - _HEX])
+    if not hmac.compare_digest(digest.hexdigest().encode(), tail[-_HEX:]):
         raise CheckpointError(f"{path!r} failed its SHA-256 check: the file is corrupted.")
-    return data
+    digest.update(tail[-_HEX:])
+    return data, digest.hexdigest()
 
 
 def _parse(data):

@@ -215,13 +215,13 @@ def test_consolidated_synthetic_checkpoint_is_the_reference(launches, tmp_path, 
 
 def _opened_shards(monkeypatch):
     opened = []
-    read_signed = single_file.read_signed
+    read = single_file.read_signed_digest
 
     def spy(path):
         opened.append(os.path.basename(path))
-        return read_signed(path)
+        return read(path)
 
-    monkeypatch.setattr(single_file, "read_signed", spy)
+    monkeypatch.setattr(single_file, "read_signed_digest", spy)
     return opened
 
 

@@ -546,11 +546,10 @@ def _shard(directory, manifest, name):
     its digest in the manifest and its own metadata are checked."""
     path = os.path.join(directory, name)
     try:
-        data = _checkpoint.read_signed(path)
+        data, digest = _checkpoint.read_signed_digest(path)
     except FileNotFoundError:
         raise CheckpointError(f"Shard {name!r} of the checkpoint {directory!r} is missing.") \
             from None
-    digest = hashlib.sha256(data).hexdigest()
     if not hmac.compare_digest(digest, manifest["digests"][name]):
         raise CheckpointError(f"Shard {path!r} does not match the manifest's SHA-256: it is from "
                               "another save, or it was changed.")
