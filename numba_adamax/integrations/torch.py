@@ -352,7 +352,7 @@ class Adamax(torch.optim.Optimizer):
             state_dict = state_dict if returned is None else returned
         loaded = checks.state_dict(state_dict, self.param_groups, self._bindings)
         states = []
-        for (group, hyperparameters, entries, steps), binding in zip(loaded, self._bindings):
+        for (_group, hyperparameters, entries, steps), binding in zip(loaded, self._bindings):
             state = None
             if binding.params:
                 state = _state.create(list(binding.state.params), list(binding.state.names),
