@@ -82,6 +82,7 @@ def bind(params: Variables, grads: Gradients, state: _state.AdamaxState) -> _app
     place). ``grads`` are dense arrays or None (an ``IndexedSlices`` is refused:
     sparse gradients change every step). Mutates nothing; raises as ``step`` would.
     """
+    check.adamax_state(state, _state.AdamaxState, "bind", "bind(grads, variables)")
     grads, _ = match(state, grads, params, argument="params", in_order=True)
     return _bound(state, grads)
 
