@@ -25,6 +25,10 @@ myst_enable_extensions = ["colon_fence"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
+# The public API's annotation names (numba_adamax/_typing.py), shown as written.
+autodoc_type_aliases = {name: f"numba_adamax._typing.{name}"
+                        for name in ("Array", "Variables", "Gradients", "LearningRate",
+                                     "PathLike")}
 autodoc_default_options = {"members": True, "show-inheritance": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False

@@ -14,15 +14,16 @@ if TYPE_CHECKING:
     from ._indexed_slices import IndexedSlices
     from .schedules import LearningRateSchedule
 
-#: A variable or a dense gradient: a NumPy array or a CUDA device array.
+#: A variable or a dense gradient, a NumPy array or a CUDA device array.
 Array = Any
-#: The variables of an optimizer: a list or tuple, a dict name -> array, or a FlatBuffer.
+#: The variables of an optimizer, as a list or tuple, a dict name -> array, or a
+#: FlatBuffer.
 Variables = Union[Sequence[Array], Mapping[str, Array], "FlatBuffer"]
 #: One call's gradients, in the structure of the variables; an entry may be None (no
 #: gradient) or an ``IndexedSlices`` (some rows).
 Gradients = Union[Sequence[Union[Array, "IndexedSlices", None]],
                   Mapping[str, Union[Array, "IndexedSlices", None]], "FlatBuffer"]
-#: A learning rate: a number, a schedule, or a callable taking no argument.
+#: A learning rate, as a number, a schedule, or a callable taking no argument.
 LearningRate = Union[float, "LearningRateSchedule", Callable[[], float]]
 #: A file path.
 PathLike = Union[str, "os.PathLike[str]"]
