@@ -3,6 +3,7 @@
 Build: ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (warnings are
 errors; ``tests/test_docs.py`` runs this build and every Python block of the pages).
 """
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -30,6 +31,8 @@ autodoc_type_aliases = {name: f"numba_adamax._typing.{name}"
                         for name in ("Array", "Variables", "Gradients", "LearningRate",
                                      "PathLike")}
 autodoc_default_options = {"members": True, "show-inheritance": True}
+# Without PyTorch the torch page documents a stand-in (the build needs no torch).
+autodoc_mock_imports = [name for name in ("torch",) if importlib.util.find_spec(name) is None]
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True  # "Attributes:" as fields, not as entries that clash with properties
