@@ -14,6 +14,8 @@ Writing goes to a temporary file in the target's directory, which is flushed,
 ``fsync``-ed and renamed over the target with ``os.replace``; the directory is then
 ``fsync``-ed. A reader sees the old file or the new one, never a mix.
 """
+from __future__ import annotations
+
 import hashlib
 import hmac
 import io
@@ -27,6 +29,7 @@ import numpy as np
 from . import _state_dict
 from . import _validation as check
 from ._state import AdamaxState
+from ._typing import PathLike
 
 MAGIC = "numba_adamax.checkpoint"
 SIGNATURE = b"numba_adamax.checkpoint sha256="
@@ -184,7 +187,7 @@ def _parse(data):
     return fields
 
 
-def save_state(state, path):
+def save_state(state: AdamaxState, path: PathLike) -> None:
     """Save the functional ``AdamaxState`` ``state`` to ``path`` (one ``.npz`` file,
     written atomically, with a checksum). Mutates nothing but the file. ``state`` must be
     an ``AdamaxState`` (TypeError otherwise; an ``Adamax`` has ``save_state(path)``)."""
@@ -192,7 +195,7 @@ def save_state(state, path):
     write(_state_dict.state_dict(state), path)
 
 
-def load_state(state, path):
+def load_state(state: AdamaxState, path: PathLike) -> None:
     """Restore ``state`` (an ``AdamaxState`` built for the same variables) from a file
     written by ``save_state``. The file and its contents are fully checked first: on
     ``CheckpointError``/``ValueError``/``TypeError`` nothing has changed. ``state`` must

@@ -1,6 +1,9 @@
 """``FlatBuffer``: many arrays carved out of one contiguous buffer, and where each
 array sits in such a buffer (shared with the slot buffers)."""
-from collections.abc import Sequence
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, overload
 
 import numpy as np
 
@@ -21,7 +24,7 @@ def aligned_offsets(sizes):
     return offsets, total
 
 
-class FlatBuffer(Sequence):
+class FlatBuffer(Sequence[np.ndarray]):
     """Arrays of given shapes that are views into one contiguous, aligned buffer.
 
     Allocate a model's parameters this way, and their gradients with ``zeros_like()``;
@@ -48,21 +51,28 @@ class FlatBuffer(Sequence):
     copy of ``data``.
     """
 
-    def __init__(self, shapes, dtype=np.float32, *, names=None):
+    names: tuple[str, ...]
+    layout: tuple[str, tuple[tuple[int, ...], ...]]
+    data: np.ndarray
+    arrays: tuple[np.ndarray, ...]
+    addresses: np.ndarray
+
+    def __init__(self, shapes: Sequence[Sequence[int]] | Mapping[str, Sequence[int]],
+                 dtype: Any = np.float32, *, names: Iterable[str] | None = None) -> None:
         keys = list(shapes) if isinstance(shapes, dict) else None
-        shapes, names = _entries(shapes, names, "`shapes`")
-        if keys is None and shapes and all(check.is_int(n) for n in shapes):
-            shape = tuple(int(n) for n in shapes)
+        listed, names = _entries(shapes, names, "`shapes`")
+        if keys is None and listed and all(check.is_int(n) for n in listed):
+            shape = tuple(int(n) for n in listed)
             raise ValueError(f"`shapes` must be a list of shapes, got {shape!r}: for one array "
                              f"of shape {shape} pass [{shape}]"
                              + (f", for 1-D arrays pass {[(n,) for n in shape]}."
                                 if len(shape) > 1 else "."))
-        shapes = [_shape(s, i if keys is None else keys[i]) for i, s in enumerate(shapes)]
+        checked = [_shape(s, i if keys is None else keys[i]) for i, s in enumerate(listed)]
         dtype = check.float_dtype(dtype, "`dtype`")
-        self.names = (check.names(names, len(shapes)) if names is not None
-                      else tuple(f"variable_{i}" for i in range(len(shapes))))
-        self.layout = (dtype.str, tuple(shapes))
-        self._offsets, total = aligned_offsets(_size(shape) for shape in shapes)
+        self.names = (check.names(names, len(checked)) if names is not None
+                      else tuple(f"variable_{i}" for i in range(len(checked))))
+        self.layout = (dtype.str, tuple(checked))
+        self._offsets, total = aligned_offsets(_size(shape) for shape in checked)
         self._carve(np.zeros(total, dtype=dtype))
 
     def _carve(self, data):
@@ -76,7 +86,8 @@ class FlatBuffer(Sequence):
         return _rebuilt, (self.names, self.layout, self._offsets, self.data)
 
     @classmethod
-    def from_arrays(cls, arrays, *, names=None):
+    def from_arrays(cls, arrays: Sequence[Any] | Mapping[str, Any], *,
+                    names: Iterable[str] | None = None) -> FlatBuffer:
         """A new buffer holding copies of ``arrays`` (a list or tuple, or a dict name ->
         array; one dtype, float32 or float64)."""
         arrays, names = _entries(arrays, names, "`arrays`")
@@ -90,21 +101,28 @@ class FlatBuffer(Sequence):
             view[...] = a
         return buffer
 
-    def zeros_like(self):
+    def zeros_like(self) -> FlatBuffer:
         """A new zeroed buffer with the same layout and names (e.g. for gradients)."""
         return _rebuilt(self.names, self.layout, self._offsets, np.zeros_like(self.data))
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
+        """The one dtype of the arrays (``float32`` or ``float64``)."""
         return self.data.dtype
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.arrays)
 
-    def __getitem__(self, index):
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[np.ndarray, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> np.ndarray | tuple[np.ndarray, ...]:
         return self.arrays[index]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"FlatBuffer({len(self.arrays)} arrays, {self.data.size} elements, "
                 f"dtype={self.data.dtype})")
 

@@ -1,8 +1,13 @@
 """The validated hyperparameter record shared by the class and the functional API."""
+from __future__ import annotations
+
 import inspect
+from collections.abc import Mapping
+from typing import Any
 import warnings
 
 from . import _validation as check
+from ._typing import LearningRate
 from .schedules import LearningRateSchedule, deserialize, serialize
 
 #: Keras 3's ``get_config`` keys, in its order.
@@ -59,11 +64,34 @@ class Hyperparameters:
 
     __slots__ = tuple(_CHECKS) + ("_locked", "revision")
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
-                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
-                 loss_scale_factor=None, gradient_accumulation_steps=None, decay=None,
-                 nonfinite="propagate", name="adamax"):
+    learning_rate: LearningRate
+    beta_1: float
+    beta_2: float
+    epsilon: float
+    weight_decay: float | None
+    clipnorm: float | None
+    clipvalue: float | None
+    global_clipnorm: float | None
+    use_ema: bool
+    ema_momentum: float
+    ema_overwrite_frequency: int | None
+    loss_scale_factor: float | None
+    gradient_accumulation_steps: int | None
+    decay: float | None
+    nonfinite: str
+    name: str
+    revision: int
+    _locked: bool
+
+    def __init__(self, learning_rate: LearningRate = 0.001, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-7,
+                 weight_decay: float | None = None, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None,
+                 use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None,
+                 loss_scale_factor: float | None = None,
+                 gradient_accumulation_steps: int | None = None, decay: float | None = None,
+                 nonfinite: str = "propagate", name: str = "adamax") -> None:
         values = dict(locals())
         del values["self"]
         normalised = {field: _CHECKS[field](values[field]) for field in _CHECKS}
@@ -73,7 +101,7 @@ class Hyperparameters:
         for field, value in normalised.items():
             object.__setattr__(self, field, value)
 
-    def __setattr__(self, field, value):
+    def __setattr__(self, field: str, value: Any) -> None:
         if field not in _CHECKS:
             raise AttributeError(f"Hyperparameters has no field {field!r}")
         value = _CHECKS[field](value)
@@ -87,23 +115,23 @@ class Hyperparameters:
         object.__setattr__(self, field, value)
         object.__setattr__(self, "revision", self.revision + 1)
 
-    def lock(self):
+    def lock(self) -> None:
         """Freeze the fields in ``STRUCTURAL`` (called when slots are allocated)."""
         object.__setattr__(self, "_locked", True)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in self.__slots__}
 
-    def __setstate__(self, fields):
+    def __setstate__(self, fields: dict[str, Any]) -> None:
         # Restores a pickled or copied record: the values were validated when they were
         # set, and ``__setattr__`` would refuse ``_locked`` and check clips one at a time.
         for field, value in fields.items():
             object.__setattr__(self, field, value)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Hyperparameters({', '.join(self.changed_settings())})"
 
-    def changed_settings(self):
+    def changed_settings(self) -> list[str]:
         """``"field=value"`` texts: ``learning_rate``, then every field that differs from
         its default (a callable shown by its name, not its address)."""
         texts = [f"learning_rate={_setting_text(self.learning_rate)}"]
@@ -113,7 +141,7 @@ class Hyperparameters:
 
     # ------------------------------------------------------------ derived values
 
-    def learning_rate_at(self, raw_steps):
+    def learning_rate_at(self, raw_steps: int) -> float:
         """The learning rate of the call made after ``raw_steps`` earlier calls.
 
         A schedule receives ``raw_steps``; a callable is called with no argument;
@@ -129,7 +157,7 @@ class Hyperparameters:
             lr = lr / (1.0 + self.decay * raw_steps)
         return lr
 
-    def set_learning_rate(self, value):
+    def set_learning_rate(self, value: LearningRate) -> None:
         """Keras' setter rules: a schedule or callable replaces the current value; a
         number replaces a float but raises ``TypeError`` on a schedule or callable."""
         current = self.learning_rate
@@ -144,7 +172,7 @@ class Hyperparameters:
 
     # ------------------------------------------------------------ config
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """Keras 3's 14 keys (plus ``decay`` when set, and ``nonfinite`` when it is not the
         default ``"propagate"``); schedules serialised as dicts.
 
@@ -161,7 +189,8 @@ class Hyperparameters:
         return config
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: Mapping[str, Any],
+                    custom_objects: Mapping[str, Any] | None = None) -> Hyperparameters:
         """Inverse of ``get_config``; ``decay`` is accepted without a warning here."""
         config = dict(config)
         if isinstance(config.get("learning_rate"), dict):

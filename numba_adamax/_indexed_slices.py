@@ -1,4 +1,8 @@
 """``IndexedSlices``: a sparse gradient that covers some rows of a variable."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 
 class IndexedSlices:
@@ -16,12 +20,13 @@ class IndexedSlices:
 
     __slots__ = ("values", "indices", "dense_shape")
 
-    def __init__(self, values, indices, dense_shape=None):
+    def __init__(self, values: Any, indices: Any,
+                 dense_shape: Sequence[int] | None = None) -> None:
         self.values = values
         self.indices = indices
         self.dense_shape = dense_shape
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         def describe(x):
             shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
             return type(x).__name__ if shape is None else f"array{tuple(shape)} {dtype}"

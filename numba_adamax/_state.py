@@ -1,5 +1,9 @@
 """The optimizer state: slots in flat per-dtype buffers, counters and the layout."""
-from typing import NamedTuple
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -181,7 +185,7 @@ class AdamaxState:
         return _restored, (variables, self.names, self.hyperparameters,
                            self.weight_decay_mask, saved)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         dtypes = sorted({str(a.dtype) for a in self.arrays})
         return (f"AdamaxState(variables={len(self.params)}, "
                 f"elements={sum(a.size for a in self.arrays)}, dtypes={dtypes}, "
@@ -197,30 +201,30 @@ class AdamaxState:
     # ------------------------------------------------------------ counters
 
     @property
-    def iterations(self):
+    def iterations(self) -> int:
         """Completed updates: ``raw_steps`` or ``raw_steps // gradient_accumulation_steps``."""
         steps = self.hyperparameters.gradient_accumulation_steps
         return self.raw_steps // steps if steps else self.raw_steps
 
     @property
-    def bias_correction_step(self):
+    def bias_correction_step(self) -> int:
         """The step ``t`` the next update's bias correction ``1 - beta_1**t`` uses."""
         return self.iterations + 1
 
     @property
-    def touched_rows(self):
+    def touched_rows(self) -> tuple[np.ndarray, ...]:
         """Per variable, a bool mask of the rows touched in the open accumulation window
         (a snapshot; an empty tuple without accumulation)."""
         return () if self.window is None else self.window.snapshot()
 
-    def touched(self, i):
+    def touched(self, i: int) -> np.ndarray:
         """The rows of variable ``i`` touched in the open accumulation window, ascending
         (int64; empty without accumulation)."""
         return np.empty(0, np.int64) if self.window is None else self.window.touched(i)
 
     # ------------------------------------------------------------ lookup
 
-    def index_of(self, variable):
+    def index_of(self, variable: Any) -> int:
         """Position of ``variable`` (matched by identity), or ValueError ``Unknown variable``."""
         i = self._index.get(id(variable))
         if i is None or self.params[i] is not variable:
@@ -228,11 +232,11 @@ class AdamaxState:
                              "the optimizer was not built with.")
         return i
 
-    def slot_names(self):
+    def slot_names(self) -> list[str]:
         """The slot names this configuration has, Keras-style."""
         return slot_names(bool(self.ema), bool(self.accumulators))
 
-    def slot(self, i, slot_name):
+    def slot(self, i: int, slot_name: str) -> Any:
         """The shaped slot array ``slot_name`` (``m``, ``u``/``v``, ``ema``, ``accumulator``)
         of variable ``i``."""
         table = {"m": self.m, "u": self.u, "v": self.u, "ema": self.ema,
@@ -246,7 +250,7 @@ class AdamaxState:
                              f"available: {self.slot_names()}.")
         return slots[i]
 
-    def state_arrays(self):
+    def state_arrays(self) -> list[Any]:
         """The slot arrays in Keras' ``variables`` order after the counter:
         EMA averages, accumulators, then m0, u0, m1, u1, ..."""
         interleaved = [s for pair in zip(self.m, self.u) for s in pair]
@@ -254,21 +258,22 @@ class AdamaxState:
 
     # ------------------------------------------------------------ persistence
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """A plain-dict snapshot: ``format_version``, ``config`` (JSON values),
         ``raw_steps``, ``iterations``, ``skipped_steps``, ``names``, ``shapes``,
         ``dtypes``, ``slots`` (NumPy copies in ``variables`` order) and
         ``touched_rows``. Mutates nothing."""
         return _state_dict.state_dict(self)
 
-    def load_state_dict(self, d):
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
         """Restore the slots, ``raw_steps`` and ``skipped_steps`` from ``state_dict()``
         output. Everything (format version, counters, names, shapes, dtypes, ``use_ema``,
         ``gradient_accumulation_steps``) is checked first; on ``TypeError``/``ValueError``
         nothing has changed. The hyperparameters in force are kept."""
         _state_dict.load_state_dict(self, d)
 
-    def set_weight_decay_exclusions(self, pattern=None, var_list=None):
+    def set_weight_decay_exclusions(self, pattern: re.Pattern[str] | None = None,
+                                    var_list: Iterable[Any] | None = None) -> None:
         """Recompute ``weight_decay_mask``: a variable is excluded if it is in
         ``var_list`` (identity) or the compiled regex ``pattern`` is found in its name
         (see ``_validation.exclusion_pattern``)."""
@@ -277,7 +282,7 @@ class AdamaxState:
             not (id(p) in ids or (pattern is not None and pattern.search(name)))
             for p, name in zip(self.params, self.names)])
 
-    def set_weight_decay_mask(self, mask):
+    def set_weight_decay_mask(self, mask: Iterable[bool]) -> None:
         """Set ``weight_decay_mask`` (one bool per variable, True where weight decay
         applies) and the kernel tables' weight-decay column."""
         self.weight_decay_mask = [bool(m) for m in mask]

@@ -7,7 +7,10 @@ first real step compiles nothing. Compiled code is cached on disk, so a later
 process only loads it. ``python -m numba_adamax warmup --all`` fills the cache for
 every configuration.
 """
+from __future__ import annotations
+
 import itertools
+from typing import Any
 import logging
 import time
 
@@ -36,7 +39,8 @@ _SIGNATURE_OPTIONS = {
 }
 
 
-def warmup(target=_DTYPES, *, sparse=False, parallel=None, dtypes=None, **hyperparameters):
+def warmup(target: Any = _DTYPES, *, sparse: bool = False, parallel: bool | None = None,
+           dtypes: Any = None, **hyperparameters: Any) -> int:
     """Compile (or load from the on-disk cache) the kernels a configuration runs.
 
     ``target`` is an ``Adamax`` or an ``AdamaxState``: its settings, the dtypes and

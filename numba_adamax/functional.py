@@ -1,7 +1,11 @@
 """The functional API, ``init``, ``step`` and ``bind``, and the two things every
 entry point shares: ``match`` (a call's arguments to a state) and ``adopt`` (a new
 state's exclusions, stream and lock)."""
+from __future__ import annotations
+
 import operator
+from collections.abc import Iterable
+from typing import Any
 
 from . import _apply
 from . import _state
@@ -9,9 +13,12 @@ from . import _validation as check
 from ._flat_buffer import FlatBuffer
 from ._hyperparameters import Hyperparameters
 from ._indexed_slices import IndexedSlices
+from ._typing import Gradients, Variables
 
 
-def init(params, *, names=None, exclude_from_weight_decay=None, stream=None, **hyperparameters):
+def init(params: Variables, *, names: Iterable[str] | None = None,
+         exclude_from_weight_decay: Iterable[str] | str | None = None, stream: Any = None,
+         **hyperparameters: Any) -> _state.AdamaxState:
     """Create the optimizer state for ``params``.
 
     Args:
@@ -47,7 +54,8 @@ def adopt(state, exclusions=(None, None), stream=None):
     state.hyperparameters.lock()
 
 
-def step(params, grads, state, *, stream=None):
+def step(params: Variables, grads: Gradients, state: _state.AdamaxState, *,
+         stream: Any = None) -> _state.AdamaxState:
     """Apply one optimizer call: update ``params`` and ``state`` in place.
 
     ``params`` must be the structure given to ``init`` (the same arrays, in the same
@@ -67,13 +75,14 @@ def step(params, grads, state, *, stream=None):
     return state
 
 
-def bind(params, grads, state):
+def bind(params: Variables, grads: Gradients, state: _state.AdamaxState) -> _apply.BoundStep:
     """A ``BoundStep`` for ``step(params, grads, state)`` with these very arrays: the
     arguments are matched and checked once, here, and each call of the result applies
     one step with the arrays' current contents (write the gradients into them in
     place). ``grads`` are dense arrays or None (an ``IndexedSlices`` is refused:
     sparse gradients change every step). Mutates nothing; raises as ``step`` would.
     """
+    check.adamax_state(state, _state.AdamaxState, "bind", "bind(grads, variables)")
     grads, _ = match(state, grads, params, argument="params", in_order=True)
     return _bound(state, grads)
 

@@ -1,5 +1,9 @@
 """The ``Adamax`` class: Keras 3's optimizer interface over the functional core."""
+from __future__ import annotations
+
 import difflib
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -9,7 +13,10 @@ from . import _state
 from . import _state_dict
 from . import _validation as check
 from . import functional
+from ._apply import BoundStep
 from ._hyperparameters import Hyperparameters, from_keywords
+from ._state import AdamaxState
+from ._typing import Array, Gradients, LearningRate, PathLike, Variables
 
 
 def _hyperparameter(field, doc):
@@ -74,7 +81,7 @@ class Adamax:
     Variables may also be CUDA device arrays (Numba device arrays, CuPy arrays,
     PyTorch CUDA tensors: anything with ``__cuda_array_interface__``), updated in
     place on the GPU with no copy; ``stream`` (not in Keras) is the ``numba.cuda``
-    stream their steps run on (None: the default stream). See the README's "GPU".
+    stream their steps run on (None: the default stream). See the GPU guide.
 
     Assigning an attribute the class does not define (``opt.lr = ...``, which the
     steps would ignore) raises ``AttributeError`` naming the setting meant; names
@@ -82,11 +89,15 @@ class Adamax:
     the settings and the state (over copies of the variables: see ``AdamaxState``).
     """
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
-                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
-                 loss_scale_factor=None, gradient_accumulation_steps=None, name="adamax",
-                 nonfinite="propagate", stream=None, **kwargs):
+    def __init__(self, learning_rate: LearningRate = 0.001, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-7,
+                 weight_decay: float | None = None, clipnorm: float | None = None,
+                 clipvalue: float | None = None, global_clipnorm: float | None = None,
+                 use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None,
+                 loss_scale_factor: float | None = None,
+                 gradient_accumulation_steps: int | None = None, name: str = "adamax",
+                 nonfinite: str = "propagate", stream: Any = None, **kwargs: Any) -> None:
         learning_rate, decay = from_keywords(learning_rate, kwargs)
         self._reset(Hyperparameters(
             learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
@@ -129,47 +140,47 @@ class Adamax:
     # ------------------------------------------------------------ state and counters
 
     @property
-    def stream(self):
+    def stream(self) -> Any:
         """The ``numba.cuda`` stream CUDA steps run on, or None (the default stream).
         Setting it takes effect from the next call."""
         return self._stream
 
     @stream.setter
-    def stream(self, value):
+    def stream(self, value: Any) -> None:
         self._stream = check.stream(value)
         if self._state is not None:
             self._state.stream = self._stream
 
     @property
-    def state(self):
+    def state(self) -> AdamaxState | None:
         """The ``AdamaxState`` (None before build); the same record ``numba_adamax.step`` uses."""
         return self._state
 
     @property
-    def built(self):
+    def built(self) -> bool:
         """True once the slots exist."""
         return self._state is not None
 
     @property
-    def iterations(self):
+    def iterations(self) -> int:
         """Completed updates (Keras' property): calls, or calls // gradient_accumulation_steps."""
         return 0 if self._state is None else self._state.iterations
 
     @property
-    def skipped_steps(self):
+    def skipped_steps(self) -> int:
         """Calls dropped by ``nonfinite="skip"`` (they are not counted in ``iterations``)."""
         return 0 if self._state is None else self._state.skipped_steps
 
     @property
-    def learning_rate(self):
+    def learning_rate(self) -> float:
         """The learning rate the next call will use, as a float (schedule and decay applied)."""
         return self._hp.learning_rate_at(0 if self._state is None else self._state.raw_steps)
 
     @learning_rate.setter
-    def learning_rate(self, value):
+    def learning_rate(self, value: LearningRate) -> None:
         self._hp.set_learning_rate(value)
 
-    def build(self, variables, names=None):
+    def build(self, variables: Variables, names: Iterable[str] | None = None) -> None:
         """Allocate the slots for ``variables`` (list/tuple of arrays, dict name -> array,
         or a ``FlatBuffer``).
 
@@ -194,7 +205,7 @@ class Adamax:
 
     # ------------------------------------------------------------ stepping
 
-    def apply(self, grads, variables=None):
+    def apply(self, grads: Gradients, variables: Variables | None = None) -> None:
         """Apply one optimizer call: update ``variables`` and the slots in place.
 
         ``grads`` is a list/tuple (matched to ``variables`` by position) or a dict
@@ -224,7 +235,7 @@ class Adamax:
             self._adopt(state)  # only now: a failed first call builds nothing
         _apply.commit(call)
 
-    def bind(self, grads, variables=None):
+    def bind(self, grads: Gradients, variables: Variables | None = None) -> BoundStep:
         """A ``BoundStep``: ``apply(grads, variables)`` with these very arrays, matched
         and checked once; each call of the result applies one step with the arrays'
         current contents (write the gradients into them in place), at a fraction of
@@ -244,7 +255,7 @@ class Adamax:
             self._adopt(state)
         return bound
 
-    def apply_gradients(self, grads_and_vars):
+    def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Array]]) -> int:
         """``apply`` on a sequence of ``(gradient, variable)`` pairs; returns the call count."""
         pairs = check.sequence(list(grads_and_vars), "`grads_and_vars`")
         grads = [g for g, _ in pairs]
@@ -252,12 +263,12 @@ class Adamax:
         self.apply(grads, variables)
         return 0 if self._state is None else self._state.raw_steps
 
-    def scale_loss(self, loss):
+    def scale_loss(self, loss: Any) -> Any:
         """``loss * loss_scale_factor`` when the factor is set, else ``loss``."""
         factor = self._hp.loss_scale_factor
         return loss if factor is None else loss * factor
 
-    def finalize_variable_values(self, variables):
+    def finalize_variable_values(self, variables: Variables) -> None:
         """With ``use_ema``, copy the EMA averages into ``variables`` (positionally).
 
         Mutates ``variables``; does nothing without ``use_ema``.
@@ -278,7 +289,8 @@ class Adamax:
         for v, average in zip(variables, averages):
             state.backend.assign(v, average, state.stream)
 
-    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+    def exclude_from_weight_decay(self, var_list: Iterable[Array] | None = None,
+                                  var_names: Iterable[str] | None = None) -> None:
         """Exclude variables from weight decay: those in ``var_list`` (by identity) and those
         whose name contains a match of a regex in ``var_names`` (each must compile on its
         own). Replaces earlier calls; takes effect from the next step."""
@@ -292,13 +304,13 @@ class Adamax:
     # ------------------------------------------------------------ state surface
 
     @property
-    def variables(self):
+    def variables(self) -> list[Any]:
         """State arrays in Keras order: a 0-d int64 snapshot of the call counter, EMA
         averages, accumulators, then m0, u0, m1, u1, ... (live views of the slots)."""
         counter = np.array(0 if self._state is None else self._state.raw_steps, np.int64)
         return [counter] + ([] if self._state is None else self._state.state_arrays())
 
-    def get_slot(self, variable, slot_name):
+    def get_slot(self, variable: Array | str, slot_name: str) -> Any:
         """The slot ``slot_name`` (``"m"``, ``"u"``/``"v"``, ``"ema"``, ``"accumulator"``)
         of ``variable`` (the array or its name), as a live view."""
         state = self._require_built("get_slot")
@@ -308,17 +320,17 @@ class Adamax:
             raise ValueError(f"Unknown variable name {variable!r}.")
         return state.slot(i, slot_name)
 
-    def get_slot_names(self):
+    def get_slot_names(self) -> list[str]:
         """``["m", "u"]``, plus ``"ema"`` with ``use_ema`` and ``"accumulator"`` with
         gradient accumulation."""
         return _state.slot_names(self._hp.use_ema,
                                  self._hp.gradient_accumulation_steps is not None)
 
-    def get_weights(self):
+    def get_weights(self) -> list[np.ndarray]:
         """Host copies of ``variables``."""
         return _state_dict.weights(self._state)
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Iterable[Any]) -> None:
         """Load arrays in ``variables`` order (counter first). Everything is checked
         (count, shapes, dtypes, counter) before anything is written."""
         state = self._require_built("set_weights")
@@ -326,13 +338,13 @@ class Adamax:
 
     # ------------------------------------------------------------ checkpoints
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """The whole optimizer state as a plain dict (see ``AdamaxState.state_dict``):
         format version, JSON config, counters, names, shapes, dtypes and every slot as
         a NumPy copy. Needs a built optimizer."""
         return self._require_built("state_dict").state_dict()
 
-    def load_state_dict(self, d):
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
         """Restore ``state_dict()`` output: every slot, ``iterations`` and
         ``skipped_steps``; the hyperparameters in force are kept.
 
@@ -349,25 +361,25 @@ class Adamax:
         _state_dict.state_dict_config_matches(saved[0], self._hp)
         self._pending = (_check_saved_dict, _apply_saved_dict, _state_dict.detached(d))
 
-    def save_state(self, path):
+    def save_state(self, path: PathLike) -> None:
         """Write ``state_dict()`` to ``path``: one ``.npz`` file, replaced atomically,
         with a SHA-256 checksum. Needs a built optimizer; mutates only the file."""
         _checkpoint.write(self.state_dict(), path)
 
-    def load_state(self, path):
+    def load_state(self, path: PathLike) -> None:
         """``load_state_dict`` from a file written by ``save_state`` (or
         ``numba_adamax.save_state``). A truncated or corrupted file raises
         ``CheckpointError`` (a ``ValueError``) and changes nothing."""
         self.load_state_dict(_checkpoint.read(path))
 
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: MutableMapping[str, Any]) -> None:
         """Keras' layout: ``store[str(i)] = `` a host copy of ``variables[i]`` (the call
         counter, EMA averages, accumulators, then m0, u0, ...). ``skipped_steps`` is not
         part of it."""
         for i, array in enumerate(_state_dict.weights(self._state)):
             store[str(i)] = array
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: Mapping[str, Any]) -> None:
         """Load what ``save_own_variables`` wrote. ``store`` maps ``"0"``, ``"1"``, ... to
         arrays. Stricter than Keras, which warns and skips on a count mismatch: a wrong
         count, key, shape or dtype raises ``ValueError``/``TypeError`` and nothing changes.
@@ -394,7 +406,7 @@ class Adamax:
 
     # ------------------------------------------------------------ config
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """Constructor arguments as a dict (Keras' 14 keys, plus ``decay`` when set).
 
         A float learning rate is exact; a schedule is serialised Keras-style; a
@@ -403,7 +415,8 @@ class Adamax:
         return self._hp.get_config()
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config: Mapping[str, Any],
+                    custom_objects: Mapping[str, Any] | None = None) -> Adamax:
         """Build an optimizer from ``get_config()`` output (JSON round-trip safe)."""
         hp = Hyperparameters.from_config(config, custom_objects=custom_objects)
         optimizer = cls.__new__(cls)
@@ -412,13 +425,13 @@ class Adamax:
 
     # ------------------------------------------------------------ attributes, copies
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         if not name.startswith("_") and not hasattr(type(self), name):
             raise AttributeError(self._unknown_attribute(name) + " An unknown attribute is "
                                  "refused rather than stored, since the steps would ignore it.")
         object.__setattr__(self, name, value)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> NoReturn:
         # only called when the normal lookup failed
         raise AttributeError(self._unknown_attribute(name))
 
@@ -431,13 +444,13 @@ class Adamax:
         hint = f"; did you mean {meant}?" if meant else "."
         return f"{type(self).__name__!r} object has no attribute {name!r}{hint}"
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         if self._stream is not None:
             raise TypeError("An Adamax with a CUDA stream cannot be pickled or copied; set "
                             "`stream = None` first.")
         return dict(self.__dict__)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         settings = ", ".join(f for f in self._hp.changed_settings() if not f.startswith("name="))
         size = "" if self._state is None else (
             f", variables={len(self._state.params)}, "

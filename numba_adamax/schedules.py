@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from . import _validation as check
 
@@ -117,22 +118,22 @@ class LearningRateSchedule:
     schedules are therefore not hashable.
     """
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         raise NotImplementedError(
             f"Learning rate schedule '{type(self).__name__}' must override `__call__(self, step)`."
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         raise NotImplementedError(
             f"Learning rate schedule '{type(self).__name__}' must override `get_config()`."
         )
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Mapping[str, Any]) -> LearningRateSchedule:
         """Create a schedule from the dict returned by ``get_config()``."""
         return cls(**config)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         try:
             config = self.get_config()
         except NotImplementedError:
@@ -140,7 +141,7 @@ class LearningRateSchedule:
         arguments = ", ".join(f"{key}={value!r}" for key, value in config.items())
         return f"{type(self).__name__}({arguments})"
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, LearningRateSchedule):
             return NotImplemented
         if type(self) is not type(other):
@@ -150,7 +151,7 @@ class LearningRateSchedule:
         except NotImplementedError:
             return self is other
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # mutable configs: not hashable, as in Keras
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +161,8 @@ class LearningRateSchedule:
 class _StepDecay(LearningRateSchedule):
     """Shared parts of the two schedules driven by ``p = s / decay_steps``."""
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase, name):
+    def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float,
+                 staircase: bool, name: str) -> None:
         self.initial_learning_rate = check.number("initial_learning_rate", initial_learning_rate)
         self.decay_steps = _positive_steps("decay_steps", decay_steps)
         self.decay_rate = check.number("decay_rate", decay_rate)
@@ -172,7 +174,7 @@ class _StepDecay(LearningRateSchedule):
         p = check.schedule_step(step) / self.decay_steps
         return _floor(p) if self.staircase else p
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "initial_learning_rate": self.initial_learning_rate,
             "decay_steps": self.decay_steps,
@@ -192,11 +194,11 @@ class ExponentialDecay(_StepDecay):
     ``staircase=True`` makes the rate drop in steps, once every ``decay_steps`` steps.
     """
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
-                 name="ExponentialDecay"):
+    def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float,
+                 staircase: bool = False, name: str = "ExponentialDecay") -> None:
         super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         return float(self.initial_learning_rate) * _pow(float(self.decay_rate),
                                                         self._progress(step))
 
@@ -214,7 +216,8 @@ class PiecewiseConstantDecay(LearningRateSchedule):
     ``boundaries``, and ``boundaries`` must be strictly increasing.
     """
 
-    def __init__(self, boundaries, values, name="PiecewiseConstant"):
+    def __init__(self, boundaries: Sequence[float], values: Sequence[float],
+                 name: str = "PiecewiseConstant") -> None:
         boundaries = check.real_sequence("boundaries", boundaries)
         values = check.real_sequence("values", values)
         if len(values) != len(boundaries) + 1:
@@ -237,13 +240,13 @@ class PiecewiseConstantDecay(LearningRateSchedule):
         self.values = values
         self.name = name
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         # bisect_left counts the boundaries strictly below the step: boundaries are inclusive
         # on the right.
         index = bisect.bisect_left(self.boundaries, check.schedule_step(step))
         return float(self.values[index])
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "boundaries": list(self.boundaries),
             "values": list(self.values),
@@ -262,8 +265,9 @@ class PolynomialDecay(LearningRateSchedule):
                 + end_learning_rate
     """
 
-    def __init__(self, initial_learning_rate, decay_steps, end_learning_rate=0.0001, power=1.0,
-                 cycle=False, name="PolynomialDecay"):
+    def __init__(self, initial_learning_rate: float, decay_steps: int,
+                 end_learning_rate: float = 0.0001, power: float = 1.0, cycle: bool = False,
+                 name: str = "PolynomialDecay") -> None:
         initial_learning_rate = check.number("initial_learning_rate", initial_learning_rate)
         decay_steps = _positive_steps("decay_steps", decay_steps)
         end_learning_rate = check.number("end_learning_rate", end_learning_rate)
@@ -277,7 +281,7 @@ class PolynomialDecay(LearningRateSchedule):
         self.cycle = cycle
         self.name = name
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         s = check.schedule_step(step)
         horizon = float(self.decay_steps)
         if self.cycle:
@@ -292,7 +296,7 @@ class PolynomialDecay(LearningRateSchedule):
         end = float(self.end_learning_rate)
         return (start - end) * _pow(1.0 - p, float(self.power)) + end
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "initial_learning_rate": self.initial_learning_rate,
             "decay_steps": self.decay_steps,
@@ -311,11 +315,11 @@ class InverseTimeDecay(_StepDecay):
         lr(s) = initial_learning_rate / (1 + decay_rate * p)
     """
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
-                 name="InverseTimeDecay"):
+    def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float,
+                 staircase: bool = False, name: str = "InverseTimeDecay") -> None:
         super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         return _div(float(self.initial_learning_rate),
                     1.0 + self.decay_rate * self._progress(step))
 
@@ -342,8 +346,9 @@ class CosineDecay(LearningRateSchedule):
     the cosine starts from.
     """
 
-    def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name="CosineDecay",
-                 warmup_target=None, warmup_steps=0):
+    def __init__(self, initial_learning_rate: float, decay_steps: int, alpha: float = 0.0,
+                 name: str = "CosineDecay", warmup_target: float | None = None,
+                 warmup_steps: int = 0) -> None:
         initial_learning_rate = check.number("initial_learning_rate", initial_learning_rate)
         decay_steps = _positive_steps("decay_steps", decay_steps)
         alpha = check.number("alpha", alpha)
@@ -367,7 +372,7 @@ class CosineDecay(LearningRateSchedule):
         cosine = 0.5 * (1.0 + _cos(math.pi * fraction))
         return decay_from * ((1.0 - self.alpha) * cosine + self.alpha)
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         s = check.schedule_step(step)
         start = float(self.initial_learning_rate)
         if self.warmup_target is None:
@@ -379,7 +384,7 @@ class CosineDecay(LearningRateSchedule):
             return (target - start) * (s / warmup_steps) + start
         return self._cosine(s - warmup_steps, target)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "initial_learning_rate": self.initial_learning_rate,
             "decay_steps": self.decay_steps,
@@ -412,8 +417,8 @@ class CosineDecayRestarts(LearningRateSchedule):
     periods shrink and their total length is finite; past it the value is ``nan``, as in Keras.
     """
 
-    def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0, alpha=0.0,
-                 name="SGDRDecay"):
+    def __init__(self, initial_learning_rate: float, first_decay_steps: int, t_mul: float = 2.0,
+                 m_mul: float = 1.0, alpha: float = 0.0, name: str = "SGDRDecay") -> None:
         initial_learning_rate = check.number("initial_learning_rate", initial_learning_rate)
         first_decay_steps = _positive_steps("first_decay_steps", first_decay_steps)
         t_mul = check.number("t_mul", t_mul)
@@ -429,7 +434,7 @@ class CosineDecayRestarts(LearningRateSchedule):
         self.alpha = alpha
         self.name = name
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         fraction = check.schedule_step(step) / self.first_decay_steps
         t_mul = float(self.t_mul)
         if t_mul == 1.0:
@@ -445,7 +450,7 @@ class CosineDecayRestarts(LearningRateSchedule):
         decayed = (1.0 - self.alpha) * cosine + self.alpha
         return float(self.initial_learning_rate) * decayed
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "initial_learning_rate": self.initial_learning_rate,
             "first_decay_steps": self.first_decay_steps,
@@ -473,7 +478,7 @@ _BUILT_IN = {
 }
 
 
-def serialize(schedule):
+def serialize(schedule: LearningRateSchedule) -> dict[str, Any]:
     """Return the Keras serialization dict of ``schedule``.
 
     A built-in schedule gives ``{"module": "keras.optimizers.schedules", "class_name": ...,
@@ -499,7 +504,8 @@ def serialize(schedule):
     }
 
 
-def deserialize(config, custom_objects=None):
+def deserialize(config: Mapping[str, Any],
+                custom_objects: Mapping[str, Any] | None = None) -> LearningRateSchedule:
     """Rebuild a schedule from the dict made by :func:`serialize` (or by Keras).
 
     ``custom_objects`` maps names to user subclasses of :class:`LearningRateSchedule`; it is

@@ -870,6 +870,10 @@ INPUT_CASES = [
     InputCase("step-state-keyword-is-an-adamax",
               lambda e: (functools.partial(na.step, state=e.opt), e.vs, e.gs), TypeError,
               r"`step` expects an AdamaxState.*To use this Adamax", BUILT_KINDS),
+    InputCase("bind-state-is-an-adamax", lambda e: (na.bind, e.vs, e.gs, e.opt), TypeError,
+              r"^`bind` expects an AdamaxState \(from `numba_adamax.init`, or an optimizer's "
+              r"`.state`\), got numba_adamax\.optimizer\.Adamax\. To use this Adamax, call its "
+              r"own `bind\(grads, variables\)`, or pass its `\.state`( once it is built)?\.$"),
     InputCase("step-state-is-none", lambda e: (na.step, e.vs, e.gs, e.opt.state), TypeError,
               r"got builtins\.NoneType\. An optimizer's `\.state` is None until it is built",
               ("fresh", "fresh_gas")),

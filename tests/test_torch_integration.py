@@ -641,9 +641,9 @@ def test_step_errors_change_nothing(case):
     with pytest.raises(error, match=pattern):
         opt.step()
     assert [b.state.raw_steps for b in bound] == before[0]
-    for a, b in zip([a for b in bound for a in b.state.state_arrays()], before[1]):
+    for a, b in zip([a for x in bound for a in x.state.state_arrays()], before[1]):
         assert_bits(a, b)
-    for a, b in zip([a for b in bound for a in b.state.params], before[2]):
+    for a, b in zip([a for x in bound for a in x.state.params], before[2]):
         assert_bits(a, b)
     assert [int(b.step) for b in bound] == before[0]
 

@@ -86,8 +86,8 @@ class Adamax(torch.optim.Optimizer):
             (0.001, (0.9, 0.999), 1e-7). ``lr`` may also be a
             ``numba_adamax.schedules`` schedule, called with the group's count of
             earlier calls.
-        weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
-        ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps:
+        weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum, \
+                ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps:
             as in ``numba_adamax.Adamax`` and Keras, validated the same way. Group
             values may be changed between steps (validated at the next step), except
             ``use_ema`` and ``gradient_accumulation_steps``.
@@ -352,7 +352,7 @@ class Adamax(torch.optim.Optimizer):
             state_dict = state_dict if returned is None else returned
         loaded = checks.state_dict(state_dict, self.param_groups, self._bindings)
         states = []
-        for (group, hyperparameters, entries, steps), binding in zip(loaded, self._bindings):
+        for (_group, hyperparameters, entries, steps), binding in zip(loaded, self._bindings):
             state = None
             if binding.params:
                 state = _state.create(list(binding.state.params), list(binding.state.names),
