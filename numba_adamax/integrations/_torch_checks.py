@@ -2,8 +2,9 @@
 
 CUDA parameters are checked in one function, ``cuda_parameter``, and sparse
 gradients in one, ``sparse_gradient`` (which turns them into ``IndexedSlices``);
-tensors become arrays only through ``_torch_arrays``. Everything else here raises ``TypeError`` for the wrong kind of object or dtype and
-``ValueError`` for a wrong layout or shape, and mutates nothing.
+tensors become arrays only through ``_torch_arrays``. Everything else here raises
+``TypeError`` for the wrong kind of object or dtype and ``ValueError`` for a wrong
+layout, shape or device mix, and mutates nothing.
 """
 import math
 

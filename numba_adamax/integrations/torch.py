@@ -30,7 +30,8 @@ class _Binding:
     """The numba_adamax side of one parameter group.
 
     ``params``: the group's tensors, in order. ``state``: the ``AdamaxState`` over
-    zero-copy views of them (NumPy, or Numba device arrays for CUDA tensors) (None for a group without parameters).
+    zero-copy views of them, NumPy arrays or Numba device arrays for CUDA tensors
+    (None for a group without parameters).
     ``pointers``: each tensor's ``data_ptr()`` when bound, to detect a parameter
     whose memory was replaced. ``key``: ``_torch_options.key`` of the settings
     ``state`` runs with. ``step``: 0-d int64 tensor, the group's call counter,
