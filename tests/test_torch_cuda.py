@@ -8,7 +8,11 @@ Two parts:
   device arrays over the same memory, and run the kernels in place (under Numba's CUDA
   simulator, ``NUMBA_ENABLE_CUDASIM=1``, or on a GPU); the interface checks (dtype, contiguity,
   read-only, address); the one-device-per-group rule; the stream choice (torch's current
-  stream of the group's device, None for the legacy default stream).
+  stream of the group's device, None for the legacy default stream). Under the simulator,
+  the optimizer itself runs on simulated CUDA tensors (CPU tensors that report ``cuda:0``
+  and expose ``__cuda_array_interface__``, with stand-ins for ``torch.cuda.device``,
+  ``torch.cuda.current_stream`` and ``torch.as_tensor`` of a device array): parity with
+  the CPU optimizer over every configuration, device slots, state dicts, streams.
 * With real CUDA tensors (``torch.cuda.is_available()``; skipped without a GPU, with that
   reason): the optimizer on CUDA equals the one on the CPU (parameters and every slot, bit for
   bit, except under clipping by norm where the device sums squares in another order:
@@ -340,12 +344,25 @@ def test_the_device_run_includes_this_file():
     assert this in gpu_check.TEST_FILES
 
 
-# ================================================================ real CUDA tensors
+# ================================================================ helpers of the parity tests
+
+#: ``make_params``' device for the simulated CUDA tensors (``simulated_torch_cuda``).
+SIM = "simulated cuda"
+
+
+def put(tensor, device):
+    """A copy of the CPU ``tensor`` on ``device`` (a torch device, or ``SIM``)."""
+    if device == SIM:
+        return tensor.detach().clone().as_subclass(SimulatedCudaTensor)
+    return tensor.to(device)
+
 
 def make_params(device, seed=0, shapes=SHAPES):
     g = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(shape, generator=g, dtype=dtype).to(device))
-            for shape, dtype in shapes]
+    values = [torch.randn(shape, generator=g, dtype=dtype) for shape, dtype in shapes]
+    if device == SIM:
+        return [torch.Tensor._make_subclass(SimulatedCudaTensor, v, True) for v in values]
+    return [torch.nn.Parameter(v.to(device)) for v in values]
 
 
 def gradient_rows(steps, seed=1, shapes=SHAPES):
@@ -357,11 +374,16 @@ def gradient_rows(steps, seed=1, shapes=SHAPES):
 
 def set_grads(params, row):
     for p, grad in zip(params, row):
-        p.grad = None if grad is None else grad.to(p.device)
+        device = SIM if isinstance(p, SimulatedCudaTensor) else p.device
+        p.grad = None if grad is None else put(grad, device)
+
+
+def _host(tensor):
+    return tensor.detach().as_subclass(torch.Tensor).cpu().numpy()
 
 
 def assert_same(got, want, exact, what=""):
-    got, want = got.detach().cpu().numpy(), want.detach().cpu().numpy()
+    got, want = _host(got), _host(want)
     assert got.dtype == want.dtype and got.shape == want.shape, what
     if exact:
         np.testing.assert_array_equal(got, want, err_msg=what)
@@ -388,6 +410,139 @@ def _step(opt):
         warnings.simplefilter("error")  # missing gradients are skipped silently
         opt.step()
 
+
+# ================================================================ a simulated CUDA build of torch
+
+needs_simulator = pytest.mark.skipif(
+    not SIMULATED, reason="needs NUMBA_ENABLE_CUDASIM=1 (its host memory stands in for a GPU's)")
+#: ``SHAPES`` less the empty parameter (an empty slot tensor is made with ``torch.empty`` on the
+#: device, which a CPU build of torch cannot do).
+SIM_SHAPES = tuple(s for s in SHAPES if s[0] != (0,))
+
+
+class SimulatedCudaTensor(torch.Tensor):
+    """A CUDA tensor as the optimizer sees it, under Numba's CUDA simulator (whose device
+    memory is host memory): a CPU tensor whose ``device`` is ``cuda:0`` and whose
+    ``__cuda_array_interface__`` describes its memory as torch's does (version 2, refused
+    while the tensor requires grad). Results of torch operations keep the type."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+    @property
+    def __cuda_array_interface__(self):
+        if self.requires_grad:
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+        plain = self.as_subclass(torch.Tensor)
+        return {"shape": tuple(plain.shape), "typestr": plain.numpy().dtype.str,
+                "data": (plain.data_ptr() if plain.numel() else 0, False),
+                "strides": None if plain.is_contiguous() else
+                tuple(n * plain.element_size() for n in plain.stride()), "version": 2}
+
+
+@pytest.fixture
+def simulated_torch_cuda(monkeypatch):
+    """Stand-ins for what the optimizer calls of a CUDA build of torch: ``torch.cuda.device``
+    (one simulated device: nothing to switch), ``torch.cuda.current_stream`` (its handle is
+    the yielded namespace's ``handle``, 0 unless set) and ``torch.as_tensor`` of a simulator
+    device array (a ``SimulatedCudaTensor`` over its memory); ``numba.cuda.external_stream``
+    makes a simulator stream and records it in ``streams``."""
+    plain_as_tensor = torch.as_tensor
+    fake = types.SimpleNamespace(handle=0, streams=[])
+
+    def as_tensor(data, *args, **kwargs):
+        if type(data).__name__ == "FakeCUDAArray":
+            assert kwargs.get("device") == torch.device("cuda", 0)
+            return torch.from_numpy(data._ary).as_subclass(SimulatedCudaTensor)
+        return plain_as_tensor(data, *args, **kwargs)
+
+    def external_stream(handle):
+        fake.streams.append((handle, cuda.stream()))
+        return fake.streams[-1][1]
+
+    monkeypatch.setattr(torch, "as_tensor", as_tensor)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device: types.SimpleNamespace(cuda_stream=fake.handle))
+    monkeypatch.setattr(cuda, "external_stream", external_stream)
+    return fake
+
+
+@needs_simulator
+@pytest.mark.parametrize("name", PARITY_CONFIGS)
+def test_simulated_cuda_parameters_match_the_cpu(name, simulated_torch_cuda):
+    clocks = Clock(), Clock()
+    cpu_params = make_params("cpu", shapes=SIM_SHAPES)
+    sim_params = make_params(SIM, shapes=SIM_SHAPES)
+    cpu_opt = Adamax(cpu_params, **make_kwargs(CONFIGS[name], clocks[0]))
+    sim_opt = Adamax(sim_params, **make_kwargs(CONFIGS[name], clocks[1]))
+    state = sim_opt._bindings[0].state
+    assert state.device == "cuda"
+    for k, p in enumerate(sim_params):  # the kernels work on the tensors' own memory
+        assert _address(state.arrays[k]) == p.data_ptr()
+        assert type(sim_opt.state[p]["exp_avg"]) is SimulatedCudaTensor  # a device slot
+        assert sim_opt.state[p]["exp_avg"].data_ptr() == _address(state.slot(k, "m"))
+    for s, row in enumerate(gradient_rows(5, shapes=SIM_SHAPES)):
+        clocks[0].step = clocks[1].step = s
+        set_grads(cpu_params, row)
+        set_grads(sim_params, row)
+        _step(cpu_opt)
+        _step(sim_opt)
+        assert_optimizers_match(sim_opt, sim_params, cpu_opt, cpu_params,
+                                exact=name not in NORM_CLIPPING_CONFIGS)
+    assert state.stream is None and simulated_torch_cuda.streams == []
+    saved = sim_opt.state_dict()["state"][0]
+    assert type(saved["exp_inf"]) is SimulatedCudaTensor and saved["step"].device.type == "cpu"
+    assert saved["exp_inf"].data_ptr() != sim_opt.state[sim_params[0]]["exp_inf"].data_ptr()
+
+
+@needs_simulator
+def test_simulated_cuda_optimizer_loads_a_cpu_state_dict(simulated_torch_cuda):
+    kwargs = {"lr": 0.05, "use_ema": True, "ema_overwrite_frequency": 2,
+              "gradient_accumulation_steps": 2, "weight_decay": 0.1}
+    rows = gradient_rows(6, shapes=SIM_SHAPES)
+    cpu_params = make_params("cpu", shapes=SIM_SHAPES)
+    cpu_opt = Adamax(cpu_params, **kwargs)
+    for row in rows[:3]:
+        set_grads(cpu_params, row)
+        cpu_opt.step()
+    sim_params = [put(p, SIM).requires_grad_() for p in cpu_params]
+    sim_opt = Adamax(sim_params, **kwargs)
+    sim_opt.load_state_dict(cpu_opt.state_dict())
+    for row in rows[3:]:
+        for params, opt in ((cpu_params, cpu_opt), (sim_params, sim_opt)):
+            set_grads(params, row)
+            opt.step()
+    assert_optimizers_match(sim_opt, sim_params, cpu_opt, cpu_params, exact=True)
+    back = Adamax(make_params("cpu", shapes=SIM_SHAPES), **kwargs)
+    back.load_state_dict(sim_opt.state_dict())  # and back onto the CPU
+    for p, q in zip(back.param_groups[0]["params"], sim_params):
+        assert_same(back.state[p]["ema"], sim_opt.state[q]["ema"], exact=True)
+
+
+@needs_simulator
+def test_simulated_cuda_steps_run_on_the_current_stream(simulated_torch_cuda):
+    cpu_params = make_params("cpu", shapes=SIM_SHAPES)
+    sim_params = make_params(SIM, shapes=SIM_SHAPES)
+    cpu_opt, sim_opt = Adamax(cpu_params, lr=0.05), Adamax(sim_params, lr=0.05)
+    state = sim_opt._bindings[0].state
+    for s, row in enumerate(gradient_rows(3, shapes=SIM_SHAPES)):
+        simulated_torch_cuda.handle = (0, 0x5A, 0x6B)[s]
+        set_grads(cpu_params, row)
+        set_grads(sim_params, row)
+        cpu_opt.step()
+        sim_opt.step()
+        if s == 0:
+            assert state.stream is None
+        else:
+            handle, stream = simulated_torch_cuda.streams[-1]
+            assert handle == simulated_torch_cuda.handle and state.stream is stream
+    assert [h for h, _ in simulated_torch_cuda.streams] == [0x5A, 0x6B]
+    assert_optimizers_match(sim_opt, sim_params, cpu_opt, cpu_params, exact=True)
+
+
+# ================================================================ real CUDA tensors
 
 @needs_gpu
 @pytest.mark.parametrize("flat", [False, True], ids=["views", "flat"])
