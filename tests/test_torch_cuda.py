@@ -11,8 +11,9 @@ Two parts:
   stream of the group's device, None for the legacy default stream). Under the simulator,
   the optimizer itself runs on simulated CUDA tensors (CPU tensors that report ``cuda:0``
   and expose ``__cuda_array_interface__``, with stand-ins for ``torch.cuda.device``,
-  ``torch.cuda.current_stream`` and ``torch.as_tensor`` of a device array): parity with
-  the CPU optimizer over every configuration, device slots, state dicts, streams.
+  ``torch.cuda.current_stream``, ``torch.as_tensor`` of a device array and device
+  allocations): parity with the CPU optimizer over every configuration, with views and
+  ``flat=True``, sparse and mixed gradients, device slots, state dicts, streams.
 * With real CUDA tensors (``torch.cuda.is_available()``; skipped without a GPU, with that
   reason): the optimizer on CUDA equals the one on the CPU (parameters and every slot, bit for
   bit, except under clipping by norm where the device sums squares in another order:
@@ -352,6 +353,8 @@ SIM = "simulated cuda"
 
 def put(tensor, device):
     """A copy of the CPU ``tensor`` on ``device`` (a torch device, or ``SIM``)."""
+    if device == SIM and tensor.is_sparse:
+        return torch.Tensor._make_subclass(SimulatedCudaTensor, tensor.detach().clone(), False)
     if device == SIM:
         return tensor.detach().clone().as_subclass(SimulatedCudaTensor)
     return tensor.to(device)
@@ -415,9 +418,6 @@ def _step(opt):
 
 needs_simulator = pytest.mark.skipif(
     not SIMULATED, reason="needs NUMBA_ENABLE_CUDASIM=1 (its host memory stands in for a GPU's)")
-#: ``SHAPES`` less the empty parameter (an empty slot tensor is made with ``torch.empty`` on the
-#: device, which a CPU build of torch cannot do).
-SIM_SHAPES = tuple(s for s in SHAPES if s[0] != (0,))
 
 
 class SimulatedCudaTensor(torch.Tensor):
@@ -445,11 +445,19 @@ class SimulatedCudaTensor(torch.Tensor):
 def simulated_torch_cuda(monkeypatch):
     """Stand-ins for what the optimizer calls of a CUDA build of torch: ``torch.cuda.device``
     (one simulated device: nothing to switch), ``torch.cuda.current_stream`` (its handle is
-    the yielded namespace's ``handle``, 0 unless set) and ``torch.as_tensor`` of a simulator
-    device array (a ``SimulatedCudaTensor`` over its memory); ``numba.cuda.external_stream``
-    makes a simulator stream and records it in ``streams``."""
+    the yielded namespace's ``handle``, 0 unless set), ``torch.as_tensor`` of a simulator
+    device array (a ``SimulatedCudaTensor`` over its memory) and ``torch.zeros`` /
+    ``torch.empty`` on ``cuda:0`` (a new ``SimulatedCudaTensor``);
+    ``numba.cuda.external_stream`` makes a simulator stream and records it in ``streams``."""
     plain_as_tensor = torch.as_tensor
     fake = types.SimpleNamespace(handle=0, streams=[])
+
+    def on_the_device(factory):
+        def make(*args, device=None, **kwargs):
+            if device is not None and torch.device(device) == torch.device("cuda", 0):
+                return factory(*args, **kwargs).as_subclass(SimulatedCudaTensor)
+            return factory(*args, device=device, **kwargs)
+        return make
 
     def as_tensor(data, *args, **kwargs):
         if type(data).__name__ == "FakeCUDAArray":
@@ -462,6 +470,8 @@ def simulated_torch_cuda(monkeypatch):
         return fake.streams[-1][1]
 
     monkeypatch.setattr(torch, "as_tensor", as_tensor)
+    for name in ("zeros", "empty"):
+        monkeypatch.setattr(torch, name, on_the_device(getattr(torch, name)))
     monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream",
                         lambda device: types.SimpleNamespace(cuda_stream=fake.handle))
@@ -470,20 +480,26 @@ def simulated_torch_cuda(monkeypatch):
 
 
 @needs_simulator
+@pytest.mark.parametrize("flat", [False, True], ids=["views", "flat"])
 @pytest.mark.parametrize("name", PARITY_CONFIGS)
-def test_simulated_cuda_parameters_match_the_cpu(name, simulated_torch_cuda):
+def test_simulated_cuda_parameters_match_the_cpu(name, flat, simulated_torch_cuda):
     clocks = Clock(), Clock()
-    cpu_params = make_params("cpu", shapes=SIM_SHAPES)
-    sim_params = make_params(SIM, shapes=SIM_SHAPES)
-    cpu_opt = Adamax(cpu_params, **make_kwargs(CONFIGS[name], clocks[0]))
-    sim_opt = Adamax(sim_params, **make_kwargs(CONFIGS[name], clocks[1]))
+    cpu_params, sim_params = make_params("cpu"), make_params(SIM)
+    cpu_opt = Adamax(cpu_params, flat=flat, **make_kwargs(CONFIGS[name], clocks[0]))
+    sim_opt = Adamax(sim_params, flat=flat, **make_kwargs(CONFIGS[name], clocks[1]))
     state = sim_opt._bindings[0].state
     assert state.device == "cuda"
     for k, p in enumerate(sim_params):  # the kernels work on the tensors' own memory
-        assert _address(state.arrays[k]) == p.data_ptr()
         assert type(sim_opt.state[p]["exp_avg"]) is SimulatedCudaTensor  # a device slot
-        assert sim_opt.state[p]["exp_avg"].data_ptr() == _address(state.slot(k, "m"))
-    for s, row in enumerate(gradient_rows(5, shapes=SIM_SHAPES)):
+        if p.numel():
+            assert _address(state.arrays[k]) == p.data_ptr()
+            assert sim_opt.state[p]["exp_avg"].data_ptr() == _address(state.slot(k, "m"))
+    if flat:
+        buffers = sim_opt.flat_buffers[0]
+        assert all(type(b) is SimulatedCudaTensor for b in buffers.values())
+        assert all(p.untyped_storage().data_ptr() == buffers[p.dtype].untyped_storage()
+                   .data_ptr() for p in sim_params)
+    for s, row in enumerate(gradient_rows(5)):
         clocks[0].step = clocks[1].step = s
         set_grads(cpu_params, row)
         set_grads(sim_params, row)
@@ -498,11 +514,47 @@ def test_simulated_cuda_parameters_match_the_cpu(name, simulated_torch_cuda):
 
 
 @needs_simulator
+@pytest.mark.parametrize("options", [{"lr": 0.05, "weight_decay": 0.01},
+                                     {"lr": 0.05, "clipnorm": 0.5},
+                                     {"lr": 0.05, "global_clipnorm": 0.5},
+                                     {"lr": 0.05, "gradient_accumulation_steps": 2,
+                                      "use_ema": True}],
+                         ids=["decay", "clipnorm", "global_clipnorm", "accum_ema"])
+def test_simulated_cuda_sparse_gradients_match_the_cpu(options, simulated_torch_cuda):
+    shapes = (((12, 5), torch.float32), ((3,), torch.float32), ((8, 2), torch.float64))
+    cpu_params, sim_params = make_params("cpu", shapes=shapes), make_params(SIM, shapes=shapes)
+    cpu_opt, sim_opt = Adamax(cpu_params, **options), Adamax(sim_params, **options)
+    g = torch.Generator().manual_seed(4)
+    before = cpu_params[0].detach().clone()
+    for rows in ([1, 4, 4, 2], [3, 3, 8], [4, 1, 7, 6, 2]):
+        index = torch.tensor([rows])
+        grads = [torch.sparse_coo_tensor(index, torch.randn(len(rows), 5, generator=g), (12, 5),
+                                         check_invariants=True),
+                 torch.randn(3, generator=g),  # a dense gradient in the same group
+                 torch.sparse_coo_tensor(index[:, :2] % 8, torch.randn(
+                     2, 2, generator=g, dtype=torch.float64), (8, 2), check_invariants=True)]
+        set_grads(cpu_params, grads)
+        set_grads(sim_params, grads)
+        assert sim_params[0].grad.is_sparse and type(sim_params[0].grad) is SimulatedCudaTensor
+        cpu_opt.step()
+        sim_opt.step()
+        # the dense gradient's norm is summed on the device: bit for bit only without it
+        assert_optimizers_match(sim_opt, sim_params, cpu_opt, cpu_params,
+                                exact="clipnorm" not in str(options))
+    untouched = [0, 5, 9, 10, 11]
+    assert torch.equal(_host_tensor(sim_params[0])[untouched], before[untouched])
+
+
+def _host_tensor(tensor):
+    return torch.from_numpy(_host(tensor))
+
+
+@needs_simulator
 def test_simulated_cuda_optimizer_loads_a_cpu_state_dict(simulated_torch_cuda):
     kwargs = {"lr": 0.05, "use_ema": True, "ema_overwrite_frequency": 2,
               "gradient_accumulation_steps": 2, "weight_decay": 0.1}
-    rows = gradient_rows(6, shapes=SIM_SHAPES)
-    cpu_params = make_params("cpu", shapes=SIM_SHAPES)
+    rows = gradient_rows(6)
+    cpu_params = make_params("cpu")
     cpu_opt = Adamax(cpu_params, **kwargs)
     for row in rows[:3]:
         set_grads(cpu_params, row)
@@ -515,7 +567,7 @@ def test_simulated_cuda_optimizer_loads_a_cpu_state_dict(simulated_torch_cuda):
             set_grads(params, row)
             opt.step()
     assert_optimizers_match(sim_opt, sim_params, cpu_opt, cpu_params, exact=True)
-    back = Adamax(make_params("cpu", shapes=SIM_SHAPES), **kwargs)
+    back = Adamax(make_params("cpu"), **kwargs)
     back.load_state_dict(sim_opt.state_dict())  # and back onto the CPU
     for p, q in zip(back.param_groups[0]["params"], sim_params):
         assert_same(back.state[p]["ema"], sim_opt.state[q]["ema"], exact=True)
@@ -523,11 +575,11 @@ def test_simulated_cuda_optimizer_loads_a_cpu_state_dict(simulated_torch_cuda):
 
 @needs_simulator
 def test_simulated_cuda_steps_run_on_the_current_stream(simulated_torch_cuda):
-    cpu_params = make_params("cpu", shapes=SIM_SHAPES)
-    sim_params = make_params(SIM, shapes=SIM_SHAPES)
+    cpu_params = make_params("cpu")
+    sim_params = make_params(SIM)
     cpu_opt, sim_opt = Adamax(cpu_params, lr=0.05), Adamax(sim_params, lr=0.05)
     state = sim_opt._bindings[0].state
-    for s, row in enumerate(gradient_rows(3, shapes=SIM_SHAPES)):
+    for s, row in enumerate(gradient_rows(3)):
         simulated_torch_cuda.handle = (0, 0x5A, 0x6B)[s]
         set_grads(cpu_params, row)
         set_grads(sim_params, row)
