@@ -48,7 +48,7 @@ def is_cuda(tensors: Sequence[torch.Tensor]) -> bool:
     return device_of(tensors).type == "cuda"
 
 
-def device_context(tensors: Sequence[torch.Tensor]):
+def device_context(tensors: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
     """A context manager in which the current CUDA device is the group's device
     (``torch.cuda.device``; Numba follows it); a no-op for CPU tensors."""
     if not is_cuda(tensors):
@@ -133,7 +133,8 @@ def host_indices(indices: torch.Tensor) -> np.ndarray:
     return indices.detach().contiguous().cpu().numpy()
 
 
-def new_state(params: Sequence[torch.Tensor], arrays, names, hyperparameters):
+def new_state(params: Sequence[torch.Tensor], arrays, names,
+              hyperparameters) -> _state.AdamaxState:
     """A fresh ``AdamaxState`` over ``arrays`` (``as_array`` of the group's ``params``),
     its slots on their device. The core zeroes the slots and uploads its kernel
     tables on the default stream, which torch's side streams do not wait for, so a
