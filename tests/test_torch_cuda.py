@@ -550,6 +550,34 @@ def _host_tensor(tensor):
 
 
 @needs_simulator
+def test_simulated_cuda_layout_and_device_errors_change_nothing(simulated_torch_cuda):
+    strided = torch.Tensor._make_subclass(SimulatedCudaTensor, torch.randn(4, 3).t(), True)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[0\] is not contiguous"):
+        Adamax([strided])
+    params = make_params(SIM, shapes=(((4, 3), torch.float32), ((5, 2), torch.float32)))
+    opt = Adamax(params, lr=0.05)
+    set_grads(params, [torch.ones(4, 3), torch.ones(5, 2)])
+    opt.step()
+    before = _snapshot(params), {k: _host(v) for k, v in opt.state_dict()["state"][1].items()}
+    sparse = torch.sparse_coo_tensor(torch.tensor([[0, 3]]), torch.ones(2, 2), (5, 2),
+                                     check_invariants=True)
+    bad_grads = {
+        "strided": (put(torch.ones(3, 4), SIM).t(), ValueError, "of .* not contiguous"),
+        "on_the_cpu": (torch.ones(4, 3), TypeError, "of .* is on cpu, its parameter on cuda:0"),
+        "sparse_on_the_cpu": (sparse, TypeError, "sparse gradient of .* is on cpu"),
+    }
+    for case, (grad, error, pattern) in bad_grads.items():
+        target = params[1] if grad.is_sparse else params[0]
+        set_grads(params, [torch.ones(4, 3), torch.ones(5, 2)])
+        target.grad = grad
+        with pytest.raises(error, match=pattern):
+            opt.step()
+        _assert_unchanged(params, before[0])
+        after = {k: _host(v) for k, v in opt.state_dict()["state"][1].items()}
+        assert all(np.array_equal(after[k], v) for k, v in before[1].items()), case
+
+
+@needs_simulator
 def test_simulated_cuda_optimizer_loads_a_cpu_state_dict(simulated_torch_cuda):
     kwargs = {"lr": 0.05, "use_ema": True, "ema_overwrite_frequency": 2,
               "gradient_accumulation_steps": 2, "weight_decay": 0.1}
