@@ -27,15 +27,16 @@ def test_readme_commands_match_ci():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     readme_run = re.findall(r"pip install (-e \"\.\[test,cuda\]\".*?) && (python -m pytest -q "
-                            r"&& NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/test_cuda.py)$",
+                            r"&& NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/test_cuda.py"
+                            r" tests/test_torch_cuda.py)$",
                             readme, flags=re.M)
     ci_install = re.findall(r"^python -m pip install --quiet (-e .*)$", ci, flags=re.M)
     assert [install for install, _ in readme_run] == ci_install[:1] == [
         '-e ".[test,cuda]" torch==2.13.0']
     assert ci_install[1:] == ['-e ".[docs,lint]"']
     assert re.search(r"^python -m pytest -q$", ci, flags=re.M)
-    assert re.search(r"^NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/test_cuda.py$", ci,
-                     flags=re.M)
+    assert re.search(r"^NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/test_cuda.py "
+                     r"tests/test_torch_cuda.py$", ci, flags=re.M)
     for variable in ("NUMBA_ADAMAX_REQUIRE_DOCS", "NUMBA_ADAMAX_REQUIRE_LINT"):
         assert re.search(rf"^export {variable}=1$", ci, flags=re.M), variable
 

@@ -12,7 +12,6 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 import numba_adamax as na  # noqa: E402
 from configs import CONFIGS, Clock, make_kwargs  # noqa: E402
 from conftest import assert_unchanged, bit_identical  # noqa: E402
-from numba_adamax.integrations import _torch_checks  # noqa: E402
 from numba_adamax.integrations.torch import Adamax  # noqa: E402
 
 #: Odd shapes, a 0-d and an empty parameter, two dtypes.
@@ -496,14 +495,6 @@ def _non_leaf():
     return torch.randn(3, requires_grad=True) * 2
 
 
-class _FakeCudaParameter(torch.nn.Parameter):
-    """A CPU parameter that claims to be on CUDA, to reach the CUDA hook without a GPU."""
-
-    @property
-    def is_cuda(self):
-        return True
-
-
 CONSTRUCTOR_ERRORS = {
     "negative_lr": (lambda ps: Adamax(ps, lr=-1.0), ValueError, "learning_rate"),
     "betas_not_a_pair": (lambda ps: Adamax(ps, betas=(0.9,)), ValueError, "betas"),
@@ -534,8 +525,6 @@ CONSTRUCTOR_ERRORS = {
     "non_leaf": (lambda ps: Adamax(ps + [_non_leaf()]), ValueError, "leaf"),
     "meta_device": (lambda ps: Adamax(ps + [torch.nn.Parameter(torch.empty(3, device="meta"))]),
                     TypeError, "meta"),
-    "cuda": (lambda ps: Adamax(ps + [_FakeCudaParameter(torch.zeros(3))]), NotImplementedError,
-             "CUDA"),
     "duplicate_in_group": (lambda ps: Adamax(ps + ps[:1]), ValueError, "more than once"),
     "shared_between_groups": (lambda ps: Adamax([{"params": ps}, {"params": ps[:1]}]),
                               ValueError, "more than one parameter group"),
@@ -646,11 +635,6 @@ def test_step_errors_change_nothing(case):
     for a, b in zip([a for x in bound for a in x.state.params], before[2]):
         assert_bits(a, b)
     assert [int(b.step) for b in bound] == before[0]
-
-
-def test_cuda_hook_is_the_single_place():
-    with pytest.raises(NotImplementedError, match="CUDA"):
-        _torch_checks.cuda_parameter(torch.zeros(1), "p")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

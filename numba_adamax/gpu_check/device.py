@@ -6,7 +6,9 @@ Within ``budget`` seconds of wall-clock time, in this order:
 2. the CUDA tests on the hardware: ``tests/test_cuda.py`` (CPU/GPU parity on every
    configuration of ``tests/configs.py`` with small and with full-size launches,
    float16, NaN propagation, sparse gradients, checkpoints) and the PyTorch tests
-   marked ``cuda`` in ``tests/test_torch_integration.py``, in one pytest process;
+   marked ``cuda`` (``tests/test_torch_cuda.py``: the PyTorch optimizer on CUDA
+   tensors against the CPU one; ``tests/test_torch_integration.py``), in one pytest
+   process;
 3. the GPU benchmark (``numba_adamax.benchmark.gpu``) and its targets.
 
 Each step runs in its own Python process with a time limit, so one that hangs or
@@ -27,7 +29,10 @@ from pathlib import Path
 #: Seconds kept for the benchmark when the tests run first.
 BENCHMARK_SECONDS = 150
 #: Test files run on the hardware, and the marker that selects their CUDA tests.
-TEST_FILES = ("tests/test_cuda.py", "tests/test_torch_integration.py")
+TEST_FILES = ("tests/test_cuda.py", "tests/test_torch_cuda.py",
+              "tests/test_torch_integration.py")
+#: The files of ``TEST_FILES`` that test the PyTorch optimizer.
+TORCH_TEST_FILES = ("tests/test_torch_cuda.py", "tests/test_torch_integration.py")
 _OUTCOME = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
 
 
@@ -104,8 +109,7 @@ def run_tests(out, timeout):
     return {"status": status, "timed_out": status is None, "seconds": round(seconds, 1),
             "counts": counts, "outcomes": outcomes, "log": log.name,
             "failures": sorted(t for t, o in outcomes.items() if o in ("failed", "error")),
-            "torch_cuda_tests": sum(t.startswith("tests/test_torch_integration.py")
-                                    for t in outcomes)}
+            "torch_cuda_tests": sum(t.startswith(TORCH_TEST_FILES) for t in outcomes)}
 
 
 def parity(tests):
@@ -178,8 +182,8 @@ def markdown(report):
               f"{tests['seconds']} s, "
               + ", ".join(f"{n} {k}" for k, n in sorted(tests["counts"].items())) + ".", ""]
     if not tests["torch_cuda_tests"]:
-        lines += ["No PyTorch test is marked `cuda`: the PyTorch optimizer takes CPU tensors "
-                  "only in this version.", ""]
+        lines += [("No PyTorch test is marked `cuda` here: PyTorch is missing, or the tests "
+                   "did not run."), ""]
     nan = {t: o for t, o in tests["outcomes"].items() if "nan" in t.lower()}
     lines += [f"- NaN propagation: {', '.join(f'`{t}` {o}' for t, o in nan.items()) or 'not run'}"]
     lines += [f"- FAILED: `{t}`" for t in tests["failures"]]

@@ -1,9 +1,10 @@
 """Checks on PyTorch tensors.
 
-CUDA tensors are handled in exactly one function, ``cuda_parameter``, and sparse
-gradients in one, ``sparse_gradient`` (which turns them into ``IndexedSlices``).
-Everything else here raises ``TypeError`` for the wrong kind of object or dtype and
-``ValueError`` for a wrong layout or shape, and mutates nothing.
+CUDA parameters are checked in one function, ``cuda_parameter``, and sparse
+gradients in one, ``sparse_gradient`` (which turns them into ``IndexedSlices``);
+tensors become arrays only through ``_torch_arrays``. Everything else here raises
+``TypeError`` for the wrong kind of object or dtype and ``ValueError`` for a wrong
+layout, shape or device mix, and mutates nothing.
 """
 import math
 
@@ -11,18 +12,30 @@ import torch
 
 from .._indexed_slices import IndexedSlices
 from .._state import slot_names
+from . import _torch_arrays as tensor_arrays
 from . import _torch_options as options
 
-#: dtypes the CPU kernels accept.
+#: dtypes the optimizer accepts (on the CPU and on CUDA).
 DTYPES = (torch.float32, torch.float64)
 
 
 def cuda_parameter(param, label):
-    """Handle a CUDA parameter. The CUDA kernels are not wired into the PyTorch
-    optimizer in this version, so this raises ``NotImplementedError``."""
-    raise NotImplementedError(
-        f"{label} is a CUDA tensor ({param.device}); numba_adamax.integrations.torch.Adamax "
-        "supports CPU tensors only in this version.")
+    """Check that the CUDA parameter ``param`` can run on the CUDA kernels: raises
+    ``TypeError`` when numba-cuda cannot be imported and ``ValueError`` when it
+    reports no usable GPU."""
+    tensor_arrays.require_cuda(f"{label} ({param.device})")
+
+
+def one_device(params, labels):
+    """Check that the tensors ``params`` (named by ``labels``) share one device: a
+    parameter group is one optimizer state, and in flat mode one buffer per dtype.
+    Raises ``ValueError`` naming the first parameter on another device."""
+    for p, label in zip(params[1:], labels[1:]):
+        if p.device != params[0].device:
+            raise ValueError(
+                f"{label} is on {p.device}, but {labels[0]} is on {params[0].device}: the "
+                "parameters of one group must share a device; put those of another device "
+                "in a parameter group of their own.")
 
 
 def sparse_gradient(grad, param, label):
@@ -39,21 +52,27 @@ def sparse_gradient(grad, param, label):
     if grad.dtype != param.dtype:
         raise TypeError(f"the gradient of {label} has dtype {grad.dtype}; its parameter "
                         f"has dtype {param.dtype}.")
-    indices = grad._indices()[0].contiguous().numpy()
-    values = grad._values().detach().contiguous().numpy()
+    if grad.device != param.device:
+        raise TypeError(f"the sparse gradient of {label} is on {grad.device}, its parameter "
+                        f"on {param.device}.")
+    indices = tensor_arrays.host_indices(grad._indices()[0])
+    values = tensor_arrays.as_array(grad._values().detach().contiguous(),
+                                    f"the sparse gradient of {label}")
     return IndexedSlices(values, indices, tuple(param.shape))
 
 
 def parameter(param, label):
-    """Check one parameter: a leaf, dense, C-contiguous float32/float64 CPU tensor."""
+    """Check one parameter: a leaf, dense, C-contiguous float32/float64 tensor on the
+    CPU or on a CUDA device (then numba-cuda must be usable)."""
     if not isinstance(param, torch.Tensor):
         raise TypeError(f"{label} must be a torch.Tensor, got {type(param).__name__}.")
     if not (param.is_leaf or param.retains_grad):
         raise ValueError(f"{label} is not a leaf tensor; an optimizer can only update leaves.")
-    if param.is_cuda:
+    if param.device.type == "cuda":
         cuda_parameter(param, label)
-    if param.device.type != "cpu":
-        raise TypeError(f"{label} is on device {param.device}; only CPU tensors are supported.")
+    elif param.device.type != "cpu":
+        raise TypeError(f"{label} is on device {param.device}; only CPU and CUDA tensors are "
+                        "supported.")
     if param.layout != torch.strided:
         raise TypeError(f"{label} has layout {param.layout}; only dense tensors are supported.")
     if param.dtype not in DTYPES:
@@ -65,7 +84,8 @@ def parameter(param, label):
 
 
 def gradient(param, label):
-    """The gradient of ``param`` as a zero-copy NumPy array, or None when it has none.
+    """The gradient of ``param`` as a zero-copy array (``_torch_arrays.as_array``: NumPy
+    on the CPU, a Numba device array on CUDA), or None when it has none.
 
     A sparse gradient becomes an ``IndexedSlices`` (``sparse_gradient``). Raises for
     a gradient on another device or of another dtype (``TypeError``) and a
@@ -84,7 +104,7 @@ def gradient(param, label):
                         f"has dtype {param.dtype}.")
     if not grad.is_contiguous():
         raise ValueError(f"the gradient of {label} is not contiguous.")
-    return grad.detach().numpy()
+    return tensor_arrays.as_array(grad, f"the gradient of {label}")
 
 
 def slot_tensor(value, param, label):

@@ -1,5 +1,5 @@
 """PyTorch integration: ``Adamax``, a ``torch.optim.Optimizer`` that runs numba_adamax's
-kernels on CPU tensors, with Keras 3 semantics.
+kernels on CPU and CUDA tensors, with Keras 3 semantics.
 
 Importing this module imports torch; importing ``numba_adamax`` or
 ``numba_adamax.integrations`` does not.
@@ -14,10 +14,10 @@ except ImportError as exc:
 
 import numpy as np
 
-from .. import _apply, _state, functional
+from .. import _apply, functional
 from .._flat_buffer import aligned_offsets
-from .._host import copy_into, to_host
 from .._hyperparameters import STRUCTURAL
+from . import _torch_arrays as tensor_arrays
 from . import _torch_checks as checks
 from . import _torch_options as options
 
@@ -30,7 +30,8 @@ class _Binding:
     """The numba_adamax side of one parameter group.
 
     ``params``: the group's tensors, in order. ``state``: the ``AdamaxState`` over
-    zero-copy NumPy views of them (None for a group without parameters).
+    zero-copy views of them, NumPy arrays or Numba device arrays for CUDA tensors
+    (None for a group without parameters).
     ``pointers``: each tensor's ``data_ptr()`` when bound, to detect a parameter
     whose memory was replaced. ``key``: ``_torch_options.key`` of the settings
     ``state`` runs with. ``step``: 0-d int64 tensor, the group's call counter,
@@ -45,7 +46,9 @@ class Adamax(torch.optim.Optimizer):
     """Adamax with the semantics of ``keras.optimizers.Adamax``, as a PyTorch optimizer.
 
     Each parameter group is one ``numba_adamax`` state (see ``numba_adamax.init``)
-    over zero-copy NumPy views of the group's CPU tensors; ``step()`` runs the same
+    over zero-copy views of the group's tensors (NumPy arrays for CPU tensors, Numba
+    device arrays for CUDA tensors, whose steps run on torch's current stream of
+    their device and whose slots live there too); ``step()`` runs the same
     fused kernels as ``numba_adamax.Adamax``, so the results are bit for bit those
     of the NumPy API on equal arrays. Per update, for every parameter with a
     gradient (``t`` counts updates, from 1)::
@@ -78,7 +81,8 @@ class Adamax(torch.optim.Optimizer):
     Args:
         params: an iterable of tensors, of ``(name, tensor)`` pairs, or of dicts
             (parameter groups, each with ``"params"`` and any of the options below).
-            Tensors must be leaf, dense, contiguous float32/float64 CPU tensors.
+            Tensors must be leaf, dense, contiguous float32/float64 tensors, on the
+            CPU or a CUDA device; the tensors of one group share one device.
         lr, betas, eps: PyTorch's names; ``learning_rate``, ``beta_1``, ``beta_2``
             and ``epsilon`` (Keras' names) are accepted instead, here and in group
             dicts, and are stored under the PyTorch names (so that
@@ -170,6 +174,7 @@ class Adamax(torch.optim.Optimizer):
                 raise ValueError(f"{label} has repeated param_names: {names}.")
         for k, p in enumerate(params):
             checks.parameter(p, _label(group, index, k))
+        checks.one_device(params, [_label(group, index, k) for k in range(len(params))])
         if len({id(p) for p in params}) != len(params):
             raise ValueError(f"{label} holds the same parameter more than once.")
         taken = {id(p) for other in existing for p in other["params"]}
@@ -194,9 +199,10 @@ class Adamax(torch.optim.Optimizer):
         binding = _Binding()
         binding.params = list(params)
         binding.flat_buffers, views = _flat_views(params) if self._flat else ({}, params)
-        arrays = [v.detach().numpy() for v in views]
         names = [_label(group, index, k) for k in range(len(params))]
-        binding.state = _state.create(arrays, names, hyperparameters) if arrays else None
+        arrays = [tensor_arrays.as_array(v, name) for v, name in zip(views, names)]
+        binding.state = (tensor_arrays.new_state(params, arrays, names, hyperparameters)
+                         if arrays else None)
         binding.key = options.key(group)
         binding.step = torch.zeros((), dtype=torch.int64)
         # Nothing above changed the parameters; from here on the group is committed.
@@ -220,7 +226,7 @@ class Adamax(torch.optim.Optimizer):
             entry = {"step": binding.step}
             for key, slot in SLOT_KEYS.items():
                 if slot in state.slot_names():
-                    entry[key] = torch.from_numpy(state.slot(k, slot))
+                    entry[key] = tensor_arrays.slot_tensor(state.slot(k, slot), p)
             self.state[p] = entry
 
     def warmup(self, sparse=False):
@@ -231,7 +237,8 @@ class Adamax(torch.optim.Optimizer):
         from .._warmup import warmup
         for binding in self._bindings:
             if binding.state is not None:
-                warmup(binding.state, sparse=sparse)
+                with tensor_arrays.device_context(binding.params):
+                    warmup(binding.state, sparse=sparse)
 
     @property
     def flat_buffers(self):
@@ -276,17 +283,20 @@ class Adamax(torch.optim.Optimizer):
             if all(g is None for g in grads):
                 continue
             grads, _ = functional.match(binding.state, grads, None)
-            call = _apply.prepare(binding.state, grads, passed=(),
-                                  hyperparameters=hyperparameters)
+            with tensor_arrays.device_context(binding.params):
+                binding.state.stream = tensor_arrays.stream_for(binding.params)
+                call = _apply.prepare(binding.state, grads, passed=(),
+                                      hyperparameters=hyperparameters)
             calls.append((binding, key, call))
         for binding, key, call in calls:
             if call.hyperparameters is not binding.state.hyperparameters:
                 call.hyperparameters.lock()
                 binding.state.hyperparameters = call.hyperparameters
                 binding.key = key
-            _apply.commit(call)
+            with tensor_arrays.device_context(binding.params):
+                _apply.commit(call)
             binding.step.fill_(binding.state.raw_steps)
-            # The kernels write through NumPy; tell autograd the parameters changed.
+            # The kernels write behind autograd's back; tell it the parameters changed.
             for p in binding.params:
                 torch.autograd.graph.increment_version(p)
         return loss
@@ -328,7 +338,8 @@ class Adamax(torch.optim.Optimizer):
                 entry = {"step": binding.step.clone()}
                 for key, slot in SLOT_KEYS.items():
                     if slot in binding.state.slot_names():
-                        entry[key] = torch.from_numpy(to_host(binding.state.slot(k, slot)))
+                        entry[key] = tensor_arrays.slot_copy(binding.state.slot(k, slot),
+                                                             binding.params[k])
                 state[start + k] = entry
             groups.append(packed)
             start += len(binding.params)
@@ -355,13 +366,14 @@ class Adamax(torch.optim.Optimizer):
         for (_group, hyperparameters, entries, steps), binding in zip(loaded, self._bindings):
             state = None
             if binding.params:
-                state = _state.create(list(binding.state.params), list(binding.state.names),
-                                      hyperparameters)
+                state = tensor_arrays.new_state(binding.params, list(binding.state.params),
+                                                list(binding.state.names), hyperparameters)
                 functional.adopt(state)
                 for k, entry in enumerate(entries):
                     for key, slot in SLOT_KEYS.items():
                         if key in entry:
-                            copy_into(state.slot(k, slot), entry[key].detach().cpu().numpy())
+                            tensor_arrays.load_slot(state.slot(k, slot), entry[key],
+                                                    binding.params[k])
                 state.raw_steps = steps
             states.append(state)
         # Everything is checked and built; commit.
@@ -426,7 +438,7 @@ def _flat_views(params):
     buffers, views = {}, [None] * len(params)
     for dtype, members in by_dtype.items():
         offsets, total = aligned_offsets(params[k].numel() for k in members)
-        buffer = torch.zeros(total, dtype=dtype)
+        buffer = torch.zeros(total, dtype=dtype, device=params[members[0]].device)
         for k, offset in zip(members, offsets):
             view = buffer[offset:offset + params[k].numel()].view(params[k].shape)
             view.copy_(params[k].detach())
