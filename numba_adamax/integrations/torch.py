@@ -14,9 +14,7 @@ except ImportError as exc:
 
 import warnings
 
-import numpy as np
-
-from .. import _apply, _state, _state_dict, functional
+from .. import _apply, _state, _state_dict, _validation, functional
 from .._flat_buffer import aligned_offsets
 from .._host import copy_into, to_host
 from .._hyperparameters import STRUCTURAL
@@ -24,7 +22,7 @@ from . import _torch_checks as checks
 from . import _torch_options as options
 from ._torch_state import LiveState
 
-__all__ = ["Adamax"]
+__all__ = ["Adamax", "ZeroAdamax"]  # noqa: F822 (ZeroAdamax: module __getattr__)
 
 SLOT_KEYS = options.SLOT_KEYS
 
@@ -120,8 +118,8 @@ class Adamax(torch.optim.Optimizer):
                  ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
                  gradient_accumulation_steps=None, *, learning_rate=None, beta_1=None,
                  beta_2=None, epsilon=None, nonfinite="propagate", flat=False):
-        named = dict(lr=lr, betas=betas, eps=eps, learning_rate=learning_rate,
-                     beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+        named = {"lr": lr, "betas": betas, "eps": eps, "learning_rate": learning_rate,
+                 "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon}
         settings = {key: value for key, value in named.items() if value is not None}
         settings.update(
             weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
@@ -131,9 +129,7 @@ class Adamax(torch.optim.Optimizer):
             gradient_accumulation_steps=gradient_accumulation_steps, nonfinite=nonfinite)
         defaults = options.canonical(settings, options.DEFAULTS, "Adamax")
         options.hyperparameters(defaults, "Adamax", options.spelling(settings))
-        if not isinstance(flat, (bool, np.bool_)):
-            raise ValueError(f"Argument `flat` must be a bool. Received: flat={flat!r}")
-        self._flat = bool(flat)
+        self._flat = _validation.boolean("flat", flat)
         self._bindings = []
         self.defaults = defaults
         # Check every group before the base class adds (and, flat, moves) any of them.
@@ -535,6 +531,19 @@ class Adamax(torch.optim.Optimizer):
             binding.step.fill_(state.raw_steps)
         for key, value in saved["extra"].items():
             self.state[key] = value
+
+
+def __getattr__(name):
+    # ``ZeroAdamax`` imports torch.distributed.optim, which plain ``Adamax`` users do not
+    # need: it is made on first access.
+    if name != "ZeroAdamax":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ._torch_zero import ShardSteps, ZeroAdamax
+    if ZeroAdamax.local_optimizer_class is None:
+        ZeroAdamax.local_optimizer_class = type(
+            "ShardAdamax", (ShardSteps, Adamax),
+            {"__module__": __name__, "__doc__": "The local optimizer of a ``ZeroAdamax``."})
+    return ZeroAdamax
 
 
 def _as_groups(params):
