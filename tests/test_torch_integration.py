@@ -9,11 +9,12 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 
-import numba_adamax as na  # noqa: E402
-from configs import CONFIGS, Clock, make_kwargs  # noqa: E402
-from conftest import assert_unchanged, bit_identical  # noqa: E402
-from numba_adamax.integrations import _torch_checks  # noqa: E402
-from numba_adamax.integrations.torch import Adamax  # noqa: E402
+from configs import CONFIGS, Clock, make_kwargs
+from conftest import assert_unchanged, bit_identical
+
+import numba_adamax as na
+from numba_adamax.integrations import _torch_checks
+from numba_adamax.integrations.torch import Adamax
 
 #: Odd shapes, a 0-d and an empty parameter, two dtypes.
 SHAPES = (((5, 3), torch.float32), ((7,), torch.float64), ((), torch.float32),
@@ -367,11 +368,11 @@ def test_state_dict_layout():
 @pytest.mark.parametrize("flat", [False, True], ids=["views", "flat"])
 @pytest.mark.parametrize("config", ["kitchen", "ema_accum", "schedule"])
 def test_state_dict_into_a_fresh_optimizer_continues_bit_exactly(config, flat):
-    kwargs = {"kitchen": dict(lr=0.05, gradient_accumulation_steps=3, use_ema=True,
-                              ema_momentum=0.8, ema_overwrite_frequency=2, clipnorm=0.5,
-                              weight_decay=0.1, loss_scale_factor=64.0),
-              "ema_accum": dict(lr=0.05, use_ema=True, gradient_accumulation_steps=2),
-              "schedule": dict(lr=na.schedules.ExponentialDecay(0.05, 3, 0.5))}[config]
+    kwargs = {"kitchen": {"lr": 0.05, "gradient_accumulation_steps": 3, "use_ema": True,
+                          "ema_momentum": 0.8, "ema_overwrite_frequency": 2, "clipnorm": 0.5,
+                          "weight_decay": 0.1, "loss_scale_factor": 64.0},
+              "ema_accum": {"lr": 0.05, "use_ema": True, "gradient_accumulation_steps": 2},
+              "schedule": {"lr": na.schedules.ExponentialDecay(0.05, 3, 0.5)}}[config]
     params = make_params()
     opt = Adamax([{"params": params[:3]}, {"params": params[3:], "lr": 0.02}], flat=flat,
                  **copy.deepcopy(kwargs))
@@ -635,10 +636,11 @@ def test_step_errors_change_nothing(case):
     with pytest.raises(error, match=pattern):
         opt.step()
     assert [b.state.raw_steps for b in bound] == before[0]
-    for a, b in zip([a for b in bound for a in b.state.state_arrays()], before[1]):
-        assert_bits(a, b)
-    for a, b in zip([a for b in bound for a in b.state.params], before[2]):
-        assert_bits(a, b)
+    slots = [a for binding in bound for a in binding.state.state_arrays()]
+    for now, was in zip(slots, before[1]):
+        assert_bits(now, was)
+    for now, was in zip([a for binding in bound for a in binding.state.params], before[2]):
+        assert_bits(now, was)
     assert [int(b.step) for b in bound] == before[0]
 
 

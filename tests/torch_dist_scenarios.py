@@ -193,6 +193,23 @@ def scenario_nonfinite_raise(rank):
             "steps": steps_of(opt)}
 
 
+def scenario_rank_failure(rank):
+    # Only rank 1 gets a bad (non-contiguous) gradient: both ranks raise, neither changes.
+    params, opt = zero("zero", lr=0.01)
+    run(opt, params, range(2))
+    before = [p.detach().clone() for p in params]
+    set_grads(params, gradients(2, params))
+    if rank == 1:
+        params[3].grad = None
+        params[2].grad = torch.randn(5, 8).t()
+    try:
+        opt.step()
+        error = None
+    except (ValueError, RuntimeError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    return {"error_seen": error, "unchanged": identical(params, before), "steps": steps_of(opt)}
+
+
 def scenario_dcp(rank, out_dir):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -233,7 +250,7 @@ def scenario_dcp(rank, out_dir):
 
 SCENARIOS = [scenario_plain_defaults, scenario_global_clipnorm, scenario_missing_gradient,
              scenario_resume, scenario_bucket_view, scenario_flat, scenario_nonfinite_skip,
-             scenario_nonfinite_raise]
+             scenario_nonfinite_raise, scenario_rank_failure]
 
 
 def worker(rank, out_dir, port):

@@ -101,16 +101,28 @@ class Adamax(torch.optim.Optimizer):
             as in ``numba_adamax.Adamax`` and Keras, validated the same way. Group
             values may be changed between steps (validated at the next step), except
             ``use_ema`` and ``gradient_accumulation_steps``.
+        nonfinite: what a step does with a NaN/inf gradient, per group:
+            ``"propagate"`` (Keras), ``"skip"`` (the group's call is dropped) or
+            ``"raise"`` (``FloatingPointError`` naming the parameter, nothing changed),
+            as in the NumPy API.
         flat: if True, the parameters of each group are moved (values preserved)
             into one contiguous tensor per dtype, and each ``param.data`` becomes a
-            view of it; see ``flat_buffers``.
+            view of it; see ``flat_buffers``. A group dict may repeat the
+            constructor's value (``ZeroRedundancyOptimizer`` copies it into groups).
 
     ``state_dict()`` uses PyTorch's layout: ``"state"`` maps a parameter's index to
     ``{"step", "exp_avg", "exp_inf"}`` (plus ``"ema"`` and ``"accumulator"`` when
     configured), where ``step`` is a 0-d int64 tensor (the group's call count,
     exact); ``"param_groups"`` lists each group's options with its ``"params"``
-    indices. ``load_state_dict`` checks everything before changing anything.
-    ``optimizer.state[p]`` holds live views of the same slots.
+    ids (and ``"param_names"`` when built from names). ``load_state_dict`` matches
+    parameters by position, keeps non-parameter entries, loads ``torch.optim.Adamax``
+    state dicts, and checks everything before changing anything.
+    ``optimizer.state[p]`` holds live views of the same slots; assigning an entry (or
+    one key of it) checks it and copies it into the slots and the group's counter.
+    A parameter whose ``.data`` moved to other memory of the same shape, dtype and
+    device is re-bound at the next step (slots and counters kept).
+    ``copy.deepcopy`` and ``pickle`` give an independent optimizer over copies of
+    the parameters whose next step equals this one's.
     """
 
     def __init__(self, params, lr=None, betas=None, eps=None, weight_decay=None,
@@ -131,6 +143,7 @@ class Adamax(torch.optim.Optimizer):
         options.hyperparameters(defaults, "Adamax", options.spelling(settings))
         self._flat = _validation.boolean("flat", flat)
         self._bindings = []
+        self._targets = {}  # id(param) -> (binding, position), for ``optimizer.state``
         self.defaults = defaults
         # Check every group before the base class adds (and, flat, moves) any of them.
         checked = []
@@ -220,6 +233,7 @@ class Adamax(torch.optim.Optimizer):
             functional.adopt(binding.state)
         binding.pointers = [p.data_ptr() for p in params]
         binding.layouts = [_layout(p) for p in params]
+        self._targets.update((id(p), (binding, k)) for k, p in enumerate(params))
         self.param_groups.append(group)
         self._bindings.append(binding)
         if binding.state is not None:
@@ -241,14 +255,10 @@ class Adamax(torch.optim.Optimizer):
 
     def _state_target(self, key):
         """``(binding, k)`` when ``key`` is parameter ``k`` of a bound group, else None."""
-        if not isinstance(key, torch.Tensor):
+        target = self._targets.get(id(key)) if isinstance(key, torch.Tensor) else None
+        if target is None or target[0].state is None or target[0].params[target[1]] is not key:
             return None
-        for binding in self._bindings:
-            if binding.state is not None:
-                for k, p in enumerate(binding.params):
-                    if p is key:
-                        return binding, k
-        return None
+        return target
 
     def _write_state(self, binding, k, entry):
         """Check ``entry`` (a whole ``optimizer.state[p]`` value) against parameter ``k``
@@ -517,6 +527,7 @@ class Adamax(torch.optim.Optimizer):
         """Rebuild an optimizer from ``__getstate__`` output over the (copied)
         parameters, then write its slots and counters; mutates ``self`` only."""
         self.defaults, self._flat, self._bindings = saved["defaults"], saved["flat"], []
+        self._targets = {}
         groups = [dict(group) for group in saved["param_groups"]]
         torch.optim.Optimizer.__init__(self, groups, self.defaults)
         for binding, record in zip(self._bindings, saved["saved"]):
