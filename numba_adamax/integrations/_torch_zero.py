@@ -193,9 +193,11 @@ class ShardSteps:
         return tensor.cpu().numpy()
 
     def _global_square_sum(self, binding, state, sums):
-        """The squared norm of a whole parameter group's gradients: this rank's
-        per-variable ``sums`` (None: none) placed at their global positions, summed over
-        the process group, then added in parameter order."""
+        """The squared norm of a whole parameter group's gradients over every rank:
+        this rank's per-variable ``sums`` (None: none) placed at their global positions,
+        summed over the process group, then added in parameter order, as one process
+        adds them (``ZeroRedundancyOptimizer`` holds one dtype, so one process has one
+        dtype group)."""
         vector = np.zeros(len(self._zero._all_params))
         if binding is not None:
             for group, group_sums in zip(state.groups, sums):
