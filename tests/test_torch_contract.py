@@ -212,6 +212,23 @@ def test_a_parameter_moved_to_new_memory_is_rebound():
     assert bucket.data_ptr() == params[0].data_ptr()
 
 
+def test_a_flat_group_whose_parameters_moved_is_rebound_and_no_longer_flat():
+    model = make_model()
+    params = list(model.parameters())
+    opt = Adamax(params, lr=0.05, flat=True)
+    arrays, state = numpy_twin(params, learning_rate=0.05)
+    rows = grad_rows(params, 4)
+    train(opt, params, rows[:2])
+    numpy_train(arrays, state, rows[:2])
+    params[0].data = params[0].data.clone()
+    train(opt, params, rows[2:])
+    numpy_train(arrays, state, rows[2:])
+    assert opt.flat_buffers == [{}]
+    for k, p in enumerate(params):
+        assert_bits(p.detach().numpy(), arrays[k])
+        assert_bits(opt.state[p]["exp_avg"].numpy(), state.m[k])
+
+
 def test_a_parameter_cast_to_another_dtype_is_still_refused():
     model = make_model()
     params = list(model.parameters())
