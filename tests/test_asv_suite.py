@@ -18,7 +18,7 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
     [str(ROOT), str(ASV_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
 
 sys.path.insert(0, str(ASV_DIR))
-from benchmarks import (bench_compile, bench_many, bench_overhead, bench_sparse,  # noqa: E402
+from benchmarks import (bench_compile, bench_many, bench_overhead, bench_sparse,
                         bench_step, common)
 
 

@@ -31,17 +31,17 @@ except ImportError:  # pragma: no cover - numba-cuda not installed
 if cuda is None or not (os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or cuda.is_available()):
     pytest.skip("needs a CUDA GPU or NUMBA_ENABLE_CUDASIM=1", allow_module_level=True)
 
-import numba_adamax as na  # noqa: E402
-from numba_adamax import _devices  # noqa: E402
-from numba_adamax.gpu_check import signatures  # noqa: E402
-from numba_adamax.kernels import config  # noqa: E402
-from numba_adamax.kernels import cuda as cuda_kernels  # noqa: E402
-from numba_adamax.kernels import cuda_sparse as cuda_sparse_kernels  # noqa: E402
-from configs import CONFIGS, NORM_CLIPPING_CONFIGS, Clock, build_optimizer  # noqa: E402
-from conformance import load_keras_configs, optimizer_kwargs  # noqa: E402
-from conftest import (NAMES, assert_unchanged, recorded_tolerance,  # noqa: E402
+import numba_adamax as na
+from numba_adamax import _devices
+from numba_adamax.gpu_check import signatures
+from numba_adamax.kernels import config
+from numba_adamax.kernels import cuda as cuda_kernels
+from numba_adamax.kernels import cuda_sparse as cuda_sparse_kernels
+from configs import CONFIGS, NORM_CLIPPING_CONFIGS, Clock, build_optimizer
+from conformance import load_keras_configs, optimizer_kwargs
+from conftest import (NAMES, assert_unchanged, recorded_tolerance,
                       snapshot_state)
-from sparse_helpers import (PATTERNS, SPARSE_NAMES, TF, TF_NAMES, legacy_grads,  # noqa: E402
+from sparse_helpers import (PATTERNS, SPARSE_NAMES, TF, TF_NAMES, legacy_grads,
                             legacy_kwargs, make_gradient, replay_legacy)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.filterwarnings("ignore::RuntimeWarning")]

@@ -9,10 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 
-import numba_adamax as na  # noqa: E402
-from configs import CONFIGS, Clock, make_kwargs  # noqa: E402
-from conftest import assert_unchanged, bit_identical  # noqa: E402
-from numba_adamax.integrations.torch import Adamax  # noqa: E402
+import numba_adamax as na
+from configs import CONFIGS, Clock, make_kwargs
+from conftest import assert_unchanged, bit_identical
+from numba_adamax.integrations.torch import Adamax
 
 #: Odd shapes, a 0-d and an empty parameter, two dtypes.
 SHAPES = (((5, 3), torch.float32), ((7,), torch.float64), ((), torch.float32),
@@ -366,11 +366,11 @@ def test_state_dict_layout():
 @pytest.mark.parametrize("flat", [False, True], ids=["views", "flat"])
 @pytest.mark.parametrize("config", ["kitchen", "ema_accum", "schedule"])
 def test_state_dict_into_a_fresh_optimizer_continues_bit_exactly(config, flat):
-    kwargs = {"kitchen": dict(lr=0.05, gradient_accumulation_steps=3, use_ema=True,
-                              ema_momentum=0.8, ema_overwrite_frequency=2, clipnorm=0.5,
-                              weight_decay=0.1, loss_scale_factor=64.0),
-              "ema_accum": dict(lr=0.05, use_ema=True, gradient_accumulation_steps=2),
-              "schedule": dict(lr=na.schedules.ExponentialDecay(0.05, 3, 0.5))}[config]
+    kwargs = {"kitchen": {"lr": 0.05, "gradient_accumulation_steps": 3, "use_ema": True,
+                          "ema_momentum": 0.8, "ema_overwrite_frequency": 2, "clipnorm": 0.5,
+                          "weight_decay": 0.1, "loss_scale_factor": 64.0},
+              "ema_accum": {"lr": 0.05, "use_ema": True, "gradient_accumulation_steps": 2},
+              "schedule": {"lr": na.schedules.ExponentialDecay(0.05, 3, 0.5)}}[config]
     params = make_params()
     opt = Adamax([{"params": params[:3]}, {"params": params[3:], "lr": 0.02}], flat=flat,
                  **copy.deepcopy(kwargs))
@@ -441,12 +441,6 @@ def test_state_dict_hooks_run_as_in_pytorch():
     assert calls == ["pre", "post"] and opt.param_groups[0]["lr"] == 0.5
 
 
-def test_pickling_is_refused_with_a_pointer_to_state_dict():
-    opt = Adamax(make_params())
-    with pytest.raises(TypeError, match="state_dict"):
-        copy.deepcopy(opt)
-
-
 # ----------------------------------------------------------------- flat mode
 
 def test_flat_mode_makes_each_group_views_of_one_buffer_per_dtype():
@@ -496,9 +490,9 @@ def _non_leaf():
 
 
 CONSTRUCTOR_ERRORS = {
-    "negative_lr": (lambda ps: Adamax(ps, lr=-1.0), ValueError, "learning_rate"),
+    "negative_lr": (lambda ps: Adamax(ps, lr=-1.0), ValueError, "`lr`"),
     "betas_not_a_pair": (lambda ps: Adamax(ps, betas=(0.9,)), ValueError, "betas"),
-    "beta_2_range": (lambda ps: Adamax(ps, betas=(0.9, 1.0)), ValueError, "beta_2"),
+    "beta_2_range": (lambda ps: Adamax(ps, betas=(0.9, 1.0)), ValueError, r"`betas\[1\]`"),
     "lr_and_learning_rate": (lambda ps: Adamax(ps, lr=0.1, learning_rate=0.1), ValueError,
                              "not both"),
     "betas_and_beta_1": (lambda ps: Adamax(ps, betas=(0.9, 0.9), beta_1=0.5), ValueError,
@@ -581,8 +575,8 @@ def _set(group, key, value):
     return mutate
 
 
-def _repoint(opt, params):
-    params[3].data = params[3].data.clone()
+def _recast(opt, params):
+    params[3].data = params[3].data.double()
 
 
 def _transposed_grad(opt, params):
@@ -603,14 +597,14 @@ def _swap_param(opt, params):
 
 STEP_ERRORS = {
     # Group 0 is valid and would run first: the error must come before it changes.
-    "invalid_lr": (_set(1, "lr", -0.5), ValueError, r"param_groups\[1\].*learning_rate"),
+    "invalid_lr": (_set(1, "lr", -0.5), ValueError, r"param_groups\[1\].*`lr`"),
     "invalid_betas": (_set(1, "betas", (0.9,)), ValueError, "betas"),
     "two_clips": (lambda o, p: (_set(1, "clipnorm", 1.0)(o, p), _set(1, "clipvalue", 1.0)(o, p)),
                   ValueError, "Only one of"),
     "structural": (_set(1, "use_ema", False), ValueError, "use_ema"),
     "keras_name_left": (_set(1, "learning_rate", 0.1), ValueError, "PyTorch names"),
     "option_removed": (lambda o, p: o.param_groups[1].pop("eps"), ValueError, "eps"),
-    "repointed_param": (_repoint, ValueError, "no longer uses the memory"),
+    "recast_param": (_recast, ValueError, "changed its dtype"),
     "non_contiguous_grad": (_transposed_grad, ValueError, "not contiguous"),
     "sparse_grad_not_rows": (_sparse_non_row_grad, ValueError, "sparse_dim 1"),
     "group_appended": (_append_group, ValueError, "add_param_group"),
@@ -630,10 +624,11 @@ def test_step_errors_change_nothing(case):
     with pytest.raises(error, match=pattern):
         opt.step()
     assert [b.state.raw_steps for b in bound] == before[0]
-    for a, b in zip([a for x in bound for a in x.state.state_arrays()], before[1]):
-        assert_bits(a, b)
-    for a, b in zip([a for x in bound for a in x.state.params], before[2]):
-        assert_bits(a, b)
+    slots = [a for binding in bound for a in binding.state.state_arrays()]
+    for now, was in zip(slots, before[1]):
+        assert_bits(now, was)
+    for now, was in zip([a for binding in bound for a in binding.state.params], before[2]):
+        assert_bits(now, was)
     assert [int(b.step) for b in bound] == before[0]
 
 
@@ -677,12 +672,10 @@ LOAD_ERRORS = {
     "group_size": (_edit(lambda sd: sd["param_groups"][1]["params"].pop()), ValueError,
                    "parameters"),
     "bad_option": (_edit(lambda sd: sd["param_groups"][1].update(lr=-1.0)), ValueError,
-                   "learning_rate"),
-    "missing_option": (_edit(lambda sd: sd["param_groups"][0].pop("clipnorm")), ValueError,
-                       "clipnorm"),
+                   "`lr`"),
+    "maximize": (_edit(lambda sd: sd["param_groups"][0].update(maximize=True)), ValueError,
+                 "maximize"),
     "missing_entry": (_edit(lambda sd: sd["state"].pop(3)), ValueError, "missing"),
-    "extra_entry": (_edit(lambda sd: sd["state"].update({9: sd["state"][0]})), ValueError,
-                    "no group lists"),
     "missing_slot": (_edit(lambda sd: sd["state"][4].pop("ema")), ValueError, "keys"),
     "slot_dtype": (_edit(lambda sd: sd["state"][0].update(exp_avg=sd["state"][0]["exp_avg"]
                                                           .double())), TypeError, "dtype"),
@@ -698,8 +691,8 @@ LOAD_ERRORS = {
     "fractional_step": (_edit(lambda sd: [e.update(step=torch.tensor(1.5))
                                           for e in sd["state"].values()]),
                         ValueError, "non-negative integer"),
-    "index_not_int": (_edit(lambda sd: sd["param_groups"][0]["params"].__setitem__(0, "0")),
-                      TypeError, "int"),
+    "index_unhashable": (_edit(lambda sd: sd["param_groups"][0]["params"].__setitem__(0, [0])),
+                         TypeError, "hashable"),
     "index_twice": (_edit(lambda sd: sd["param_groups"][1]["params"].__setitem__(0, 0)),
                     ValueError, "more than one place"),
 }

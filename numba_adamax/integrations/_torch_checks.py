@@ -134,12 +134,84 @@ def step_count(value, label):
     return int(value)
 
 
-def state_dict(state_dict, param_groups, bindings):
+#: Group keys of ``torch.optim.Adamax`` / ``Adam`` state dicts that have no meaning here.
+TORCH_ONLY = ("foreach", "maximize", "capturable", "differentiable", "fused", "amsgrad",
+              "decoupled_weight_decay")
+
+
+def rebound(param, layout, label):
+    """Check that a parameter whose ``.data`` now lives elsewhere kept its ``layout``
+    (``(shape, dtype, device)`` when bound) and is still contiguous."""
+    now = (tuple(param.shape), param.dtype, param.device)
+    for what, was, is_ in zip(("shape", "dtype", "device"), layout, now):
+        if was != is_:
+            raise ValueError(
+                f"{label} changed its {what} from {was} to {is_} after the optimizer was "
+                "built (was the model moved or cast?); build the optimizer after moving or "
+                "casting the model.")
+    if not param.is_contiguous():
+        raise ValueError(f"{label} now holds non-contiguous data; make it contiguous "
+                         "(`p.data = p.data.contiguous()`).")
+
+
+def state_entry(entry, param, wanted, where):
+    """Check one parameter's saved state: a dict with exactly the keys ``wanted``, a
+    valid ``step`` and slot tensors matching ``param``. Returns the step count."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"{where} must be a dict, got {type(entry).__name__}.")
+    if set(entry) != wanted:
+        raise ValueError(f"{where} has keys {sorted(map(str, entry))}; with these options "
+                         f"expected {sorted(wanted)}.")
+    steps = step_count(entry["step"], f"{where}['step']")
+    for key in sorted(wanted - {"step"}):
+        slot_tensor(entry[key], param, f"{where}[{key!r}]")
+    return steps
+
+
+def _saved_options(saved, defaults, label):
+    """A saved group's options as a group of this optimizer: keys of torch's own
+    optimizers dropped (``maximize=True`` refused), ``weight_decay=0`` as None (torch's
+    "off"), options it lacks taken from ``defaults``. Returns ``(group, from_torch)``."""
+    group = {key: value for key, value in saved.items() if key not in ("params", "param_names")}
+    from_torch = any(key in group for key in TORCH_ONLY)
+    if from_torch:
+        if group.get("maximize"):
+            raise ValueError(f"{label} has maximize=True, which this optimizer does not "
+                             "support; negate the loss instead.")
+        for key in TORCH_ONLY:
+            group.pop(key, None)
+        if group.get("weight_decay") == 0:
+            group["weight_decay"] = None
+    for key, value in defaults.items():
+        group.setdefault(key, value)
+    return group, from_torch
+
+
+def _refuse_other_optimizers(saved_state):
+    for pid, entry in saved_state.items():
+        if isinstance(entry, dict) and "exp_avg_sq" in entry:
+            raise ValueError(
+                f"state_dict['state'][{pid!r}] holds 'exp_avg_sq' (a torch.optim.Adam/AdamW "
+                "state): Adam keeps the mean of squared gradients, Adamax the running "
+                "maximum of |g| ('exp_inf'), which cannot be recovered from it, and "
+                "'exp_avg' alone does not resume Adamax. Load the model weights only and "
+                "start this optimizer fresh.")
+
+
+def state_dict(state_dict, param_groups, bindings, defaults):
     """Validate a state dict against the optimizer's groups; mutates nothing.
 
-    Returns, per group, ``(group, hyperparameters, entries, steps)``: the new group
-    dict (loaded options, current ``params``/``param_names``), its validated
-    settings, the per-parameter state entries and the group's step count.
+    Parameter ids may be any hashable values: they are matched to the optimizer's
+    parameters by position, as torch does. ``state`` entries that no group lists are
+    kept (non-parameter state). A ``torch.optim.Adamax`` state dict is accepted:
+    ``exp_avg``/``exp_inf`` are the same slots, options missing here take
+    ``defaults``, and parameters it has no entry for start with zero slots.
+
+    Returns ``(loaded, extra, from_torch)``: per group ``(group, hyperparameters,
+    entries, steps)`` (the new group dict with the loaded options, ``params`` and
+    ``param_names``; its validated settings; per parameter its state entry or None;
+    the group's step count), the non-parameter entries, and whether any group came
+    from one of torch's optimizers.
     """
     if not isinstance(state_dict, dict):
         raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}.")
@@ -154,23 +226,30 @@ def state_dict(state_dict, param_groups, bindings):
     if len(saved_groups) != len(param_groups):
         raise ValueError(f"state_dict has {len(saved_groups)} parameter groups; this "
                          f"optimizer has {len(param_groups)}.")
-    loaded, used = [], set()
+    _refuse_other_optimizers(saved_state)
+    loaded, used, any_torch = [], set(), False
     for index, (saved, group, binding) in enumerate(zip(saved_groups, param_groups, bindings)):
         label = f"state_dict['param_groups'][{index}]"
         if not isinstance(saved, dict) or "params" not in saved:
             raise TypeError(f"{label} must be a dict with a 'params' list.")
         ids = saved["params"]
         if not isinstance(ids, (list, tuple)):
-            raise TypeError(f"{label}['params'] must be a list of parameter indices.")
+            raise TypeError(f"{label}['params'] must be a list of parameter ids.")
         if len(ids) != len(binding.params):
             raise ValueError(f"{label} has {len(ids)} parameters; group {index} of this "
                              f"optimizer has {len(binding.params)}.")
-        new_group = {key: value for key, value in saved.items()
-                     if key not in ("params", "param_names")}
+        new_group, from_torch = _saved_options(saved, defaults, label)
+        any_torch = any_torch or from_torch
         hyperparameters = options.hyperparameters(new_group, label)
         new_group["betas"] = tuple(new_group["betas"])
         new_group["params"] = group["params"]
-        if "param_names" in group:
+        if "param_names" in saved:
+            names = list(saved["param_names"])
+            if len(names) != len(ids):
+                raise ValueError(f"{label} has {len(names)} param_names for {len(ids)} "
+                                 "parameters.")
+            new_group["param_names"] = names
+        elif "param_names" in group:
             new_group["param_names"] = group["param_names"]
         wanted = {"step"} | {key for key, slot in options.SLOT_KEYS.items()
                              if slot in slot_names(
@@ -179,28 +258,24 @@ def state_dict(state_dict, param_groups, bindings):
         entries, steps = [], set()
         for k, pid in enumerate(ids):
             where = f"state_dict['state'][{pid!r}]"
-            if not isinstance(pid, int) or isinstance(pid, bool):
-                raise TypeError(f"{label}['params'] holds {pid!r}; expected int indices.")
+            try:
+                hash(pid)
+            except TypeError:
+                raise TypeError(f"{label}['params'] holds {pid!r}, which is not hashable; "
+                                "parameter ids must be hashable (ints or names).") from None
             if pid in used:
-                raise ValueError(f"parameter index {pid} appears in more than one place.")
+                raise ValueError(f"parameter id {pid!r} appears in more than one place.")
             used.add(pid)
             if pid not in saved_state:
-                raise ValueError(f"{where} is missing.")
-            entry = saved_state[pid]
-            if not isinstance(entry, dict):
-                raise TypeError(f"{where} must be a dict.")
-            if set(entry) != wanted:
-                raise ValueError(f"{where} has keys {sorted(entry)}; with these options "
-                                 f"expected {sorted(wanted)}.")
-            steps.add(step_count(entry["step"], f"{where}['step']"))
-            for key in wanted - {"step"}:
-                slot_tensor(entry[key], binding.params[k], f"{where}[{key!r}]")
-            entries.append(entry)
+                if not from_torch:
+                    raise ValueError(f"{where} is missing.")
+                entries.append(None)  # torch creates state at a parameter's first step
+                continue
+            steps.add(state_entry(saved_state[pid], binding.params[k], wanted, where))
+            entries.append(saved_state[pid])
         if len(steps) > 1:
             raise ValueError(f"the parameters of {label} have different steps "
                              f"{sorted(steps)}; a group shares one step counter.")
         loaded.append((new_group, hyperparameters, entries, steps.pop() if steps else 0))
-    unknown = [pid for pid in saved_state if pid not in used]
-    if unknown:
-        raise ValueError(f"state_dict['state'] has entries {unknown} that no group lists.")
-    return loaded
+    extra = {key: value for key, value in saved_state.items() if key not in used}
+    return loaded, extra, any_torch

@@ -25,6 +25,7 @@ DEFAULTS = {
     "ema_overwrite_frequency": None,
     "loss_scale_factor": None,
     "gradient_accumulation_steps": None,
+    "nonfinite": "propagate",
 }
 
 #: Keras name -> PyTorch name, for the two that map one to one.
@@ -33,22 +34,40 @@ ALIASES = {"learning_rate": "lr", "epsilon": "eps"}
 #: Keras names that are accepted as input only (a group never keeps them).
 KERAS_ONLY = ("learning_rate", "epsilon", "beta_1", "beta_2")
 
-#: Keys a group dict may not carry: optimizer-wide options.
+#: Keys a group dict may carry only with the optimizer's own value (wrappers such as
+#: ``ZeroRedundancyOptimizer`` copy every constructor argument into each group).
 OPTIMIZER_WIDE = ("flat",)
 
+#: How messages name a ``Hyperparameters`` field when the option was given under its
+#: PyTorch name.
+TORCH_SPELLING = {"learning_rate": "lr", "beta_1": "betas[0]", "beta_2": "betas[1]",
+                  "epsilon": "eps"}
 
-def canonical(options, defaults, label):
+
+def spelling(options):
+    """``{field: name}`` for the Keras names used in ``options`` (a constructor's or a
+    group's raw options), so that messages name an option the way it was given."""
+    return {name: name for name in KERAS_ONLY if options.get(name) is not None}
+
+
+def canonical(options, defaults, label, wide=None):
     """Return a new dict: ``options`` with Keras names turned into PyTorch names and
     missing hyperparameters taken from ``defaults``. Other keys are kept as they are.
+    ``wide``: the optimizer-wide options' values; a group may repeat one of them with
+    the same value (it is then dropped from the group).
 
     Raises ``ValueError`` when a value is given under both names, when ``betas`` is
-    not a pair, or for an optimizer-wide key. Mutates nothing.
+    not a pair, or for an optimizer-wide key with another value. Mutates nothing.
     """
     options = dict(options)
     for key in OPTIMIZER_WIDE:
         if key in options:
+            if wide is not None and key in wide and options[key] is wide[key]:
+                del options[key]
+                continue
             raise ValueError(f"{label}: `{key}` is an optimizer-wide option; pass it to "
-                             "the Adamax constructor, not in a parameter group.")
+                             "the Adamax constructor, not in a parameter group (or give "
+                             "the constructor's value).")
     for alias, name in ALIASES.items():
         if alias in options:
             if name in options:
@@ -72,11 +91,13 @@ def _pair(betas, label):
     return tuple(betas)
 
 
-def hyperparameters(group, label):
+def hyperparameters(group, label, spelled=None):
     """The validated ``Hyperparameters`` of a group (PyTorch names), unlocked.
 
     Raises ``ValueError`` (the type ``Hyperparameters`` raises, the message prefixed
-    with ``label``) for a bad value, and for Keras names left in a group.
+    with ``label``) for a bad value, and for Keras names left in a group. Messages
+    name the options by their PyTorch names unless ``spelled`` (see ``spelling``)
+    says the user wrote the Keras name.
     """
     stale = [key for key in KERAS_ONLY if key in group]
     if stale:
@@ -91,7 +112,15 @@ def hyperparameters(group, label):
             learning_rate=group["lr"], beta_1=beta_1, beta_2=beta_2, epsilon=group["eps"],
             **{key: group[key] for key in DEFAULTS if key not in ("lr", "betas", "eps")})
     except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{label}: {exc}") from None
+        raise type(exc)(f"{label}: {_respelled(str(exc), spelled or {})}") from None
+
+
+def _respelled(message, spelled):
+    """``message`` with each Keras field name replaced by the name the user wrote."""
+    for field, torch_name in TORCH_SPELLING.items():
+        name = spelled.get(field, torch_name)
+        message = message.replace(f"`{field}`", f"`{name}`").replace(f"{field}=", f"{name}=")
+    return message
 
 
 def key(group):

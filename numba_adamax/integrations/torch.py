@@ -12,16 +12,18 @@ except ImportError as exc:
         "with `pip install \"numba_adamax[torch]\"`, or the CPU-only build with "
         "`pip install torch --index-url https://download.pytorch.org/whl/cpu`.") from exc
 
-import numpy as np
+import warnings
 
-from .. import _apply, functional
+from .. import _apply, _state_dict, _validation, functional
 from .._flat_buffer import aligned_offsets
+from .._host import to_host
 from .._hyperparameters import STRUCTURAL
 from . import _torch_arrays as tensor_arrays
 from . import _torch_checks as checks
 from . import _torch_options as options
+from ._torch_state import LiveState
 
-__all__ = ["Adamax"]
+__all__ = ["Adamax", "ZeroAdamax"]  # noqa: F822 (ZeroAdamax: module __getattr__)
 
 SLOT_KEYS = options.SLOT_KEYS
 
@@ -33,13 +35,22 @@ class _Binding:
     zero-copy views of them, NumPy arrays or Numba device arrays for CUDA tensors
     (None for a group without parameters).
     ``pointers``: each tensor's ``data_ptr()`` when bound, to detect a parameter
-    whose memory was replaced. ``key``: ``_torch_options.key`` of the settings
+    whose memory was replaced; ``layouts``: each tensor's ``(shape, dtype, device)``
+    then, which a re-pointed tensor must keep. ``key``: ``_torch_options.key`` of the settings
     ``state`` runs with. ``step``: 0-d int64 tensor, the group's call counter,
     shared by every ``optimizer.state[p]["step"]`` of the group. ``flat_buffers``:
     dtype -> the contiguous tensor the parameters are views of (flat mode only).
     """
 
-    __slots__ = ("params", "state", "pointers", "key", "step", "flat_buffers")
+    __slots__ = ("flat_buffers", "key", "layouts", "params", "pointers", "state", "step")
+
+
+class _Plan:
+    """One group's checked part of a ``step()``: ``binding``, ``index``, the ``state``
+    it runs on (a re-bound one, see ``Adamax._rebound``), ``hyperparameters`` and
+    their ``key``, and ``grads`` (matched to the state; None: no gradient)."""
+
+    __slots__ = ("binding", "grads", "hyperparameters", "index", "key", "state")
 
 
 class Adamax(torch.optim.Optimizer):
@@ -95,38 +106,49 @@ class Adamax(torch.optim.Optimizer):
             as in ``numba_adamax.Adamax`` and Keras, validated the same way. Group
             values may be changed between steps (validated at the next step), except
             ``use_ema`` and ``gradient_accumulation_steps``.
+        nonfinite: what a step does with a NaN/inf gradient, per group:
+            ``"propagate"`` (Keras), ``"skip"`` (the group's call is dropped) or
+            ``"raise"`` (``FloatingPointError`` naming the parameter, nothing changed),
+            as in the NumPy API.
         flat: if True, the parameters of each group are moved (values preserved)
             into one contiguous tensor per dtype, and each ``param.data`` becomes a
-            view of it; see ``flat_buffers``.
+            view of it; see ``flat_buffers``. A group dict may repeat the
+            constructor's value (``ZeroRedundancyOptimizer`` copies it into groups).
 
     ``state_dict()`` uses PyTorch's layout: ``"state"`` maps a parameter's index to
     ``{"step", "exp_avg", "exp_inf"}`` (plus ``"ema"`` and ``"accumulator"`` when
     configured), where ``step`` is a 0-d int64 tensor (the group's call count,
     exact); ``"param_groups"`` lists each group's options with its ``"params"``
-    indices. ``load_state_dict`` checks everything before changing anything.
-    ``optimizer.state[p]`` holds live views of the same slots.
+    ids (and ``"param_names"`` when built from names). ``load_state_dict`` matches
+    parameters by position, keeps non-parameter entries, loads ``torch.optim.Adamax``
+    state dicts, and checks everything before changing anything.
+    ``optimizer.state[p]`` holds live views of the same slots; assigning an entry (or
+    one key of it) checks it and copies it into the slots and the group's counter.
+    A parameter whose ``.data`` moved to other memory of the same shape, dtype and
+    device is re-bound at the next step (slots and counters kept).
+    ``copy.deepcopy`` and ``pickle`` give an independent optimizer over copies of
+    the parameters whose next step equals this one's.
     """
 
     def __init__(self, params, lr=None, betas=None, eps=None, weight_decay=None,
                  clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
                  ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
                  gradient_accumulation_steps=None, *, learning_rate=None, beta_1=None,
-                 beta_2=None, epsilon=None, flat=False):
-        named = dict(lr=lr, betas=betas, eps=eps, learning_rate=learning_rate,
-                     beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+                 beta_2=None, epsilon=None, nonfinite="propagate", flat=False):
+        named = {"lr": lr, "betas": betas, "eps": eps, "learning_rate": learning_rate,
+                 "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon}
         settings = {key: value for key, value in named.items() if value is not None}
         settings.update(
             weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
             global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
             ema_overwrite_frequency=ema_overwrite_frequency,
             loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps)
+            gradient_accumulation_steps=gradient_accumulation_steps, nonfinite=nonfinite)
         defaults = options.canonical(settings, options.DEFAULTS, "Adamax")
-        options.hyperparameters(defaults, "Adamax")
-        if not isinstance(flat, (bool, np.bool_)):
-            raise ValueError(f"Argument `flat` must be a bool. Received: flat={flat!r}")
-        self._flat = bool(flat)
+        options.hyperparameters(defaults, "Adamax", options.spelling(settings))
+        self._flat = _validation.boolean("flat", flat)
         self._bindings = []
+        self._targets = {}  # id(param) -> (binding, position), for ``optimizer.state``
         self.defaults = defaults
         # Check every group before the base class adds (and, flat, moves) any of them.
         checked = []
@@ -182,8 +204,9 @@ class Adamax(torch.optim.Optimizer):
             raise ValueError("some parameters appear in more than one parameter group.")
         if existing and ("param_names" in existing[0]) != ("param_names" in group):
             raise ValueError("all parameter groups must be given with names or all without.")
-        group = options.canonical(group, self.defaults, label)
-        hyperparameters = options.hyperparameters(group, label)
+        spelled = options.spelling(group)
+        group = options.canonical(group, self.defaults, label, wide={"flat": self._flat})
+        hyperparameters = options.hyperparameters(group, label, spelled)
         ordered = {"params": params, **{key: group[key] for key in options.DEFAULTS}}
         ordered.update((key, value) for key, value in group.items() if key not in ordered)
         return ordered, hyperparameters
@@ -195,6 +218,8 @@ class Adamax(torch.optim.Optimizer):
         ``param_group`` itself is not modified."""
         index = len(self.param_groups)
         group, hyperparameters = self._checked_group(param_group, index, self.param_groups)
+        if not isinstance(self.state, LiveState):  # torch's __init__ made a plain dict
+            self.state = LiveState(self)
         params = group["params"]
         binding = _Binding()
         binding.params = list(params)
@@ -214,6 +239,8 @@ class Adamax(torch.optim.Optimizer):
         else:
             functional.adopt(binding.state)
         binding.pointers = [p.data_ptr() for p in params]
+        binding.layouts = [_layout(p) for p in params]
+        self._targets.update((id(p), (binding, k)) for k, p in enumerate(params))
         self.param_groups.append(group)
         self._bindings.append(binding)
         if binding.state is not None:
@@ -227,7 +254,34 @@ class Adamax(torch.optim.Optimizer):
             for key, slot in SLOT_KEYS.items():
                 if slot in state.slot_names():
                     entry[key] = tensor_arrays.slot_tensor(state.slot(k, slot), p)
-            self.state[p] = entry
+            self.state.publish(p, entry)
+        self._adopted(binding)
+
+    def _adopted(self, binding):
+        """Called whenever ``binding`` got a new state (built, loaded or re-bound)."""
+
+    def _state_target(self, key):
+        """``(binding, k)`` when ``key`` is parameter ``k`` of a bound group, else None."""
+        target = self._targets.get(id(key)) if isinstance(key, torch.Tensor) else None
+        if target is None or target[0].state is None or target[0].params[target[1]] is not key:
+            return None
+        return target
+
+    def _write_state(self, binding, k, entry):
+        """Check ``entry`` (a whole ``optimizer.state[p]`` value) against parameter ``k``
+        of ``binding``, then copy it into the live slots and the group's step counter.
+        Raises ``TypeError`` / ``ValueError`` before anything changes."""
+        index = self._bindings.index(binding)
+        where = f"optimizer.state[{_label(self.param_groups[index], index, k)}]"
+        state = binding.state
+        wanted = {"step"} | {key for key, slot in SLOT_KEYS.items()
+                             if slot in state.slot_names()}
+        steps = checks.state_entry(entry, binding.params[k], wanted, where)
+        for key, slot in SLOT_KEYS.items():
+            if key in entry:
+                tensor_arrays.load_slot(state.slot(k, slot), entry[key], binding.params[k])
+        state.raw_steps = steps
+        binding.step.fill_(steps)
 
     def warmup(self, sparse=False):
         """Compile (or load from the disk cache) the kernels every parameter group's
@@ -260,46 +314,99 @@ class Adamax(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        plans = self._plans()
+        calls = [(plan, self._prepare(plan))
+                 for plan in plans if plan is not None and plan.grads is not None]
+        # Everything is checked; from here on the call is committed.
+        for plan in plans:
+            if plan is not None:
+                self._install(plan)
+        for plan, call in calls:
+            self._commit(plan, call)
+        return loss
+
+    def _prepare(self, plan):
+        """``_apply.prepare`` of ``plan``'s group on its device and torch's current stream
+        there (``_torch_arrays.stream_for``). Raises for bad gradients or options; sets
+        only the state's stream."""
+        with tensor_arrays.device_context(plan.binding.params):
+            plan.state.stream = tensor_arrays.stream_for(plan.binding.params)
+            return _apply.prepare(plan.state, plan.grads, passed=(),
+                                  hyperparameters=plan.hyperparameters)
+
+    def _plans(self):
+        """Per group, a checked ``_Plan`` of its part of the next call (None for a group
+        without parameters; ``grads`` None when none of its parameters has a gradient).
+        Raises for a bad parameter, gradient or option; mutates nothing."""
         if len(self.param_groups) != len(self._bindings):
             raise ValueError("param_groups changed outside add_param_group; add groups "
                              "with optimizer.add_param_group(...).")
-        calls = []
+        plans = []
         for index, (group, binding) in enumerate(zip(self.param_groups, self._bindings)):
             if _params_changed(group, binding):
                 raise ValueError(f"param_groups[{index}]['params'] changed after the group "
                                  "was added; build a new optimizer instead.")
             if binding.state is None:
+                plans.append(None)
                 continue
-            hyperparameters, key = self._hyperparameters(index, group, binding)
-            grads = []
-            for k, p in enumerate(binding.params):
-                label = _label(group, index, k)
-                if p.data_ptr() != binding.pointers[k]:
-                    raise ValueError(
-                        f"{label} no longer uses the memory the optimizer was built on "
-                        "(was `.data` reassigned, or the model moved or cast?). Build the "
-                        "optimizer after moving the model.")
-                grads.append(checks.gradient(p, label))
-            if all(g is None for g in grads):
-                continue
-            grads, _ = functional.match(binding.state, grads, None)
-            with tensor_arrays.device_context(binding.params):
-                binding.state.stream = tensor_arrays.stream_for(binding.params)
-                call = _apply.prepare(binding.state, grads, passed=(),
-                                      hyperparameters=hyperparameters)
-            calls.append((binding, key, call))
-        for binding, key, call in calls:
-            if call.hyperparameters is not binding.state.hyperparameters:
-                call.hyperparameters.lock()
-                binding.state.hyperparameters = call.hyperparameters
-                binding.key = key
-            with tensor_arrays.device_context(binding.params):
-                _apply.commit(call)
-            binding.step.fill_(binding.state.raw_steps)
-            # The kernels write behind autograd's back; tell it the parameters changed.
-            for p in binding.params:
-                torch.autograd.graph.increment_version(p)
-        return loss
+            plan = _Plan()
+            plan.binding, plan.index = binding, index
+            plan.hyperparameters, plan.key = self._hyperparameters(index, group, binding)
+            plan.state = self._rebound(index, group, binding)
+            grads = [checks.gradient(p, _label(group, index, k))
+                     for k, p in enumerate(binding.params)]
+            plan.grads = None
+            if any(g is not None for g in grads):
+                plan.grads, _ = functional.match(plan.state, grads, None)
+            plans.append(plan)
+        return plans
+
+    def _rebound(self, index, group, binding):
+        """``binding``'s state, or, when some parameter's ``.data`` now lives in other
+        memory of the same shape, dtype and device (``param.data = ...``, as
+        ``ZeroRedundancyOptimizer(parameters_as_bucket_view=True)`` does), a new state
+        over the parameters' current memory holding copies of the slots and counters.
+        Raises ``ValueError`` for a changed shape, dtype or device. Mutates nothing."""
+        moved = [k for k, p in enumerate(binding.params) if p.data_ptr() != binding.pointers[k]]
+        if not moved:
+            return binding.state
+        for k in moved:
+            checks.rebound(binding.params[k], binding.layouts[k], _label(group, index, k))
+        old = binding.state
+        arrays = [tensor_arrays.as_array(p.detach(), _label(group, index, k))
+                  for k, p in enumerate(binding.params)]
+        state = tensor_arrays.new_state(binding.params, arrays, list(old.names),
+                                        old.hyperparameters)
+        functional.adopt(state)
+        state.set_weight_decay_mask(old.weight_decay_mask)
+        _state_dict.write(state, old.state_arrays(), old.raw_steps, old.skipped_steps,
+                          _state_dict.touched_rows(old))
+        return state
+
+    def _install(self, plan):
+        """Make ``plan.state`` the group's state when ``_rebound`` replaced it."""
+        binding = plan.binding
+        if plan.state is binding.state:
+            return
+        binding.state = plan.state
+        binding.pointers = [p.data_ptr() for p in binding.params]
+        binding.flat_buffers = {}  # the parameters left the group's buffers
+        self._publish(binding)
+
+    def _commit(self, plan, call):
+        """Run a prepared call of ``plan``'s group: installs new settings, mutates the
+        parameters, the slots and the counters."""
+        binding = plan.binding
+        if call.hyperparameters is not binding.state.hyperparameters:
+            call.hyperparameters.lock()
+            binding.state.hyperparameters = call.hyperparameters
+            binding.key = plan.key
+        with tensor_arrays.device_context(binding.params):
+            _apply.commit(call)
+        binding.step.fill_(binding.state.raw_steps)
+        # The kernels write behind autograd's back; tell it the parameters changed.
+        for p in binding.params:
+            torch.autograd.graph.increment_version(p)
 
     def _hyperparameters(self, index, group, binding):
         """The settings a group's next step runs with, and their ``key``: the state's
@@ -322,9 +429,10 @@ class Adamax(torch.optim.Optimizer):
     def state_dict(self):
         """The optimizer state in PyTorch's layout (see the class docstring).
 
-        Tensors are copies, so the result does not change with later steps. Hooks
-        registered with ``register_state_dict_pre_hook`` / ``_post_hook`` run as in
-        PyTorch.
+        Tensors are copies, so the result does not change with later steps. Entries
+        of ``self.state`` that are not parameters (a pre-hook may add some) are kept
+        under their own keys, as in PyTorch. Hooks registered with
+        ``register_state_dict_pre_hook`` / ``_post_hook`` run as in PyTorch.
         """
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
@@ -343,6 +451,9 @@ class Adamax(torch.optim.Optimizer):
                 state[start + k] = entry
             groups.append(packed)
             start += len(binding.params)
+        for key, value in self.state.items():
+            if self._state_target(key) is None:
+                state[key] = value
         result = {"state": state, "param_groups": groups}
         for hook in self._optimizer_state_dict_post_hooks.values():
             returned = hook(self, result)
@@ -352,16 +463,28 @@ class Adamax(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         """Load ``state_dict()`` output: group options, step counters and every slot.
 
-        Parameters are matched by position, as in PyTorch. Counts, option values,
-        keys, shapes, dtypes and step counters are all checked (``TypeError`` /
-        ``ValueError`` naming the entry) before anything changes. Slot tensors may
-        be on any device; they are copied. Hooks registered with
+        Parameters are matched by position, as in PyTorch, whatever the saved ids are
+        (ints, or the names ``torch.distributed.checkpoint`` uses). Entries no group
+        lists become non-parameter entries of ``self.state``. Saved ``param_names``
+        replace the current ones; without them the current ones stay. A
+        ``torch.optim.Adamax`` state dict loads too: ``exp_avg`` and ``exp_inf`` are
+        this optimizer's ``m`` and ``u``, options it lacks take the Keras defaults,
+        torch-only options are dropped, and a ``UserWarning`` says that ``eps`` (and a
+        ``weight_decay``) act differently here. A ``torch.optim.Adam`` state dict is
+        refused (``ValueError``): its ``exp_avg_sq`` is not Adamax's ``exp_inf``.
+
+        Counts, option values, keys, shapes, dtypes and step counters are all checked
+        (``TypeError`` / ``ValueError`` naming the entry) before anything changes.
+        Slot tensors may be on any device; they are copied. Hooks registered with
         ``register_load_state_dict_pre_hook`` / ``_post_hook`` run as in PyTorch.
         """
+        if isinstance(state_dict, dict):
+            state_dict = dict(state_dict)  # hooks get a shallow copy, as in PyTorch
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             returned = hook(self, state_dict)
             state_dict = state_dict if returned is None else returned
-        loaded = checks.state_dict(state_dict, self.param_groups, self._bindings)
+        loaded, extra, from_torch = checks.state_dict(state_dict, self.param_groups,
+                                                      self._bindings, options.DEFAULTS)
         states = []
         for (_group, hyperparameters, entries, steps), binding in zip(loaded, self._bindings):
             state = None
@@ -371,11 +494,18 @@ class Adamax(torch.optim.Optimizer):
                 functional.adopt(state)
                 for k, entry in enumerate(entries):
                     for key, slot in SLOT_KEYS.items():
-                        if key in entry:
+                        if entry is not None and key in entry:
                             tensor_arrays.load_slot(state.slot(k, slot), entry[key],
                                                     binding.params[k])
                 state.raw_steps = steps
             states.append(state)
+        if from_torch:
+            warnings.warn(
+                "Loading a torch.optim state dict: this Adamax adds eps to the infinity "
+                "norm (u + eps) where torch.optim.Adamax takes max(beta_2 * u, |g| + eps), "
+                "and its weight_decay is decoupled (w -= lr * weight_decay * w) where "
+                "torch's is L2, so the next steps differ slightly from torch's.",
+                UserWarning, stacklevel=2)
         # Everything is checked and built; commit.
         for index, ((group, hyperparameters, _, steps), state) in enumerate(zip(loaded, states)):
             binding = self._bindings[index]
@@ -386,13 +516,66 @@ class Adamax(torch.optim.Optimizer):
             self.param_groups[index] = group
             if state is not None:
                 self._publish(binding)
+        for key in [key for key in self.state if self._state_target(key) is None]:
+            del self.state[key]
+        for key, value in extra.items():
+            self.state[key] = value
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
+    # ------------------------------------------------------------ copies
+
     def __getstate__(self):
-        raise TypeError("numba_adamax.integrations.torch.Adamax cannot be pickled or "
-                        "deep-copied: its slots are NumPy views bound to the parameters. "
-                        "Save optimizer.state_dict() and load it into a new optimizer.")
+        """What ``copy.deepcopy`` and ``pickle`` keep: the options, the parameter groups
+        (their tensors included) and, per group, the slots, counters, weight-decay mask
+        and settings in force, plus the non-parameter entries of ``self.state``. Hooks
+        are not kept, as in PyTorch."""
+        saved = []
+        for binding in self._bindings:
+            state = binding.state
+            saved.append(None if state is None else {
+                "slots": [to_host(a).copy() for a in state.state_arrays()],
+                "raw_steps": state.raw_steps, "skipped_steps": state.skipped_steps,
+                "touched": _state_dict.touched_rows(state),
+                "mask": list(state.weight_decay_mask),
+                "hyperparameters": state.hyperparameters, "key": binding.key})
+        extra = {key: value for key, value in self.state.items()
+                 if self._state_target(key) is None}
+        return {"defaults": self.defaults, "flat": self._flat,
+                "param_groups": self.param_groups, "saved": saved, "extra": extra}
+
+    def __setstate__(self, saved):
+        """Rebuild an optimizer from ``__getstate__`` output over the (copied)
+        parameters, then write its slots and counters; mutates ``self`` only."""
+        self.defaults, self._flat, self._bindings = saved["defaults"], saved["flat"], []
+        self._targets = {}
+        groups = [dict(group) for group in saved["param_groups"]]
+        torch.optim.Optimizer.__init__(self, groups, self.defaults)
+        for binding, record in zip(self._bindings, saved["saved"]):
+            if record is None:
+                continue
+            state = binding.state
+            state.hyperparameters = record["hyperparameters"]
+            state.set_weight_decay_mask(record["mask"])
+            _state_dict.write(state, record["slots"], record["raw_steps"],
+                              record["skipped_steps"], record["touched"])
+            binding.key = record["key"]
+            binding.step.fill_(state.raw_steps)
+        for key, value in saved["extra"].items():
+            self.state[key] = value
+
+
+def __getattr__(name):
+    # ``ZeroAdamax`` imports torch.distributed.optim, which plain ``Adamax`` users do not
+    # need: it is made on first access.
+    if name != "ZeroAdamax":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ._torch_zero import ShardSteps, ZeroAdamax
+    if ZeroAdamax.local_optimizer_class is None:
+        ZeroAdamax.local_optimizer_class = type(
+            "ShardAdamax", (ShardSteps, Adamax),
+            {"__module__": __name__, "__doc__": "The local optimizer of a ``ZeroAdamax``."})
+    return ZeroAdamax
 
 
 def _as_groups(params):
@@ -419,6 +602,11 @@ def _same(a, b):
     """Whether two ``_torch_options.key`` snapshots are equal (type-strict)."""
     return b is not None and len(a) == len(b) and all(
         x is y or (type(x) is type(y) and x == y) for x, y in zip(a, b))
+
+
+def _layout(param):
+    """What a re-pointed parameter must keep: ``(shape, dtype, device)``."""
+    return tuple(param.shape), param.dtype, param.device
 
 
 def _params_changed(group, binding):
