@@ -2,8 +2,18 @@
 engine (MPI through ``mpi4py``, or ``torch.distributed``).
 
 The library chooses partitions and calls collectives through a communicator
-(``MPIComm``, ``SelfComm``); it never moves bytes itself.
+(``MPIComm``, ``TorchComm``, ``SelfComm``); it never moves bytes itself.
+
+* ``ShardedAdamax(comm, zero_stage=1, reduce="mean", deterministic=False, **kw)``: the
+  ``Adamax`` interface; ``init``/``step``: the functional pair.
+* ``shard_plan(params, world_size)``: which rank owns which part of the state.
+* ``broadcast_(params, comm, root=0)``: make every rank's variables equal to root's.
 """
 from ._comm import Comm, MPIComm, SelfComm
+from ._optimizer import ShardedAdamax, broadcast_, init, step
+from ._plan import ShardPlan, shard_plan
+from ._sharded import ShardedState
+from ._torch_comm import TorchComm
 
-__all__ = ["Comm", "MPIComm", "SelfComm"]
+__all__ = ["Comm", "MPIComm", "SelfComm", "ShardPlan", "ShardedAdamax", "ShardedState",
+           "TorchComm", "broadcast_", "init", "shard_plan", "step"]
