@@ -38,5 +38,5 @@ def _rebuild(kind, message):
         return KeyError(message)
     try:
         return kind(message)
-    except Exception:  # an exception type whose constructor takes other arguments
+    except Exception:  # noqa: BLE001 -- an exception type whose constructor takes other arguments
         return ValueError(message)

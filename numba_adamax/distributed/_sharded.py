@@ -438,7 +438,7 @@ class ShardedState:
         lr = together(self.comm, hp.learning_rate_at, self.raw_steps)
         if callable(hp.learning_rate) and not isinstance(hp.learning_rate, float):
             rates = self.comm.allgather_object(lr)
-            if any(r != lr and not (r != r and lr != lr) for r in rates):
+            if any(r != lr for r in rates):
                 raise ValueError("The learning rate differs across the ranks (per rank: "
                                  f"{rates}); a callable or schedule must give the same value "
                                  "on every rank.")
@@ -530,7 +530,6 @@ class ShardedState:
                 self.comm.allgatherv_(self.buffer.data, group.counts)
                 continue
             buf = self._buffer(("params", group.position), group.comm_total, group.dtype)
-            lo, hi = self._ranges[group.position]
             for p in self.pieces:
                 if p.group == group.position and p.variable not in self.plan.sparse:
                     start = p.offset + p.begin
