@@ -192,6 +192,9 @@ def _slot_index(state, variable, slot_name):
 
 
 def _finalize_targets(state, variables):
+    from .._flat_buffer import FlatBuffer
+    if isinstance(variables, FlatBuffer):
+        variables = list(variables.arrays)
     if isinstance(variables, dict):
         variables = list(variables.values())
     variables = check.sequence(variables, "`variables`")
