@@ -85,6 +85,7 @@ class ShardedAdamax(Adamax):
                          deterministic=self._deterministic,
                          sparse_variables=self._sparse_variables)
         _agree_plan(state)
+        state.set_weight_decay_exclusions(*self._exclusions)  # before a first call's step
         if self._pending_path is not None:
             _load(state, self._pending_path)
         return state

@@ -1,9 +1,10 @@
 """``TorchComm``: the communicator over a ``torch.distributed`` process group.
 
 Host (NumPy) buffers travel as CPU tensors sharing their memory (``torch.from_numpy``),
-which gloo moves; CUDA tensors go to NCCL as they are. Collectives gloo lacks for
-uneven blocks are built from the ones it has: blocks are padded to the largest one
-for ``all_gather``, and the reduce-scatter sums the whole buffer.
+which gloo moves; CUDA tensors go to NCCL as they are. The gathers and the
+reduce-scatter of uneven blocks pad every block to the largest one (the equal-size
+collectives are the ones every backend has); the extra bytes are at most one block
+per rank.
 """
 import numpy as np
 
@@ -31,8 +32,6 @@ class TorchComm(Comm):
         if isinstance(buf, np.ndarray):
             if not buf.flags.c_contiguous:
                 raise TypeError("TorchComm's buffer collectives take contiguous arrays")
-            if buf.dtype == np.float16:
-                return self._torch.from_numpy(buf.view(np.int16)).view(self._torch.float16)
             return self._torch.from_numpy(buf)
         if isinstance(buf, self._torch.Tensor):
             return buf
@@ -62,43 +61,38 @@ class TorchComm(Comm):
     def reduce_scatter(self, send, recv, counts):
         _check_counts(counts, self.size)
         counts, displs = _layout(counts)
-        whole = np.array(send, copy=True) if isinstance(send, np.ndarray) else send.clone()
-        self.allreduce_(whole)
-        start = displs[self.rank]
-        recv[:counts[self.rank]] = whole[start:start + counts[self.rank]]
+        width = max(counts)
+        tensor = self._tensor(send)
+        padded = tensor.new_zeros(self.size * width)
+        for r in range(self.size):
+            padded[r * width:r * width + counts[r]] = tensor[displs[r]:displs[r] + counts[r]]
+        out = tensor.new_empty(width)
+        self._dist.reduce_scatter_tensor(out, padded, group=self.group)
+        self._tensor(recv)[:counts[self.rank]] = out[:counts[self.rank]]
 
     def allgatherv_(self, buf, counts):
         _check_counts(counts, self.size)
         counts, displs = _layout(counts)
-        width = max(counts) if counts else 0
+        width = max(counts)
         if not width:
             return
         tensor = self._tensor(buf)
         start = displs[self.rank]
         padded = tensor.new_zeros(width)
         padded[:counts[self.rank]] = tensor[start:start + counts[self.rank]]
-        blocks = [tensor.new_empty(width) for _ in range(self.size)]
-        self._dist.all_gather(blocks, padded, group=self.group)
-        for r, block in enumerate(blocks):
-            tensor[displs[r]:displs[r] + counts[r]] = block[:counts[r]]
+        blocks = tensor.new_empty(self.size * width)
+        self._dist.all_gather_into_tensor(blocks, padded, group=self.group)
+        for r in range(self.size):
+            tensor[displs[r]:displs[r] + counts[r]] = blocks[r * width:r * width + counts[r]]
 
     def alltoallv(self, send, send_counts, recv, recv_counts):
         _check_counts(send_counts, self.size)
         _check_counts(recv_counts, self.size)
-        send_counts, send_displs = _layout(send_counts)
-        recv_counts, recv_displs = _layout(recv_counts)
+        send_counts, recv_counts = _layout(send_counts)[0], _layout(recv_counts)[0]
         tensor, out = self._tensor(send), self._tensor(recv)
-        # one broadcast-free round per destination: every rank gathers the blocks
-        # addressed to it (gloo has no uneven all-to-all)
-        for q in range(self.size):
-            width = max(self.allgather_object(send_counts[q]))
-            padded = tensor.new_zeros(width)
-            padded[:send_counts[q]] = tensor[send_displs[q]:send_displs[q] + send_counts[q]]
-            blocks = [tensor.new_empty(width) for _ in range(self.size)]
-            self._dist.all_gather(blocks, padded, group=self.group)
-            if q == self.rank:
-                for r, block in enumerate(blocks):
-                    out[recv_displs[r]:recv_displs[r] + recv_counts[r]] = block[:recv_counts[r]]
+        self._dist.all_to_all_single(out[:sum(recv_counts)], tensor[:sum(send_counts)],
+                                     output_split_sizes=recv_counts,
+                                     input_split_sizes=send_counts, group=self.group)
 
     def gatherv(self, send, root=0):
         _check_root(root, self.size)
