@@ -25,8 +25,9 @@ def _mpiexec():
 
 
 MPIEXEC = _mpiexec()
-pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not on PATH (install "
-                                                        "the mpich wheel)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(MPIEXEC is None,
+                                 reason="mpiexec is not on PATH (install the mpich wheel)")]
 
 
 def environment():

@@ -112,6 +112,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torch_comm_on_two_gloo_processes(tmp_path):
     pytest.importorskip("torch")
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")

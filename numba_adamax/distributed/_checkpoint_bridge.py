@@ -38,7 +38,7 @@ def header(state):
 
 def save(state, path):
     """Write this rank's part of the checkpoint at ``path`` (collective)."""
-    from . import _checkpoint
+    from ._checkpoint import save as save_files
     pieces, local = _pieces(state, loading=False)
     slots = {name: [_elements(state, j, piece, name) for piece, j in zip(pieces, local)]
              for name in state.slot_names()}
@@ -47,7 +47,7 @@ def save(state, path):
         for piece, j in zip(pieces, local):
             if piece.variable in state.plan.sparse:
                 whole[piece.variable] = {"touched_rows": state.local.touched(j)}
-    _checkpoint.save(path, state.comm, header=header(state), pieces=pieces, slots=slots,
+    save_files(path, state.comm, header=header(state), pieces=pieces, slots=slots,
                      whole=whole)
 
 
@@ -61,10 +61,10 @@ def _elements(state, j, piece, name):
 def load(state, path):
     """Replace this rank's slots and the counters with the checkpoint at ``path``
     (collective); nothing changes on any rank when the checkpoint does not match."""
-    from . import _checkpoint
+    from ._checkpoint import load as load_files
     pieces, local = _pieces(state, loading=True)
-    saved, slots, whole = _checkpoint.load(path, state.comm, pieces=pieces,
-                                           expect=lambda h: expect(state, h))
+    saved, slots, whole = load_files(path, state.comm, pieces=pieces,
+                                     expect=lambda h: expect(state, h))
     for name, arrays in slots.items():
         for j, array in zip(local, arrays):
             state.local.slot(j, name).reshape(-1)[:] = array
