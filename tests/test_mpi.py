@@ -126,3 +126,9 @@ def test_a_failing_rank_ends_the_job_well_inside_the_timeout(warm_cache, tmp_pat
     assert "a bug on one rank" in done.stderr + done.stdout
     assert time.perf_counter() - started < 30
     assert not list(tmp_path.iterdir())
+
+
+def test_the_distributed_example_runs_on_two_ranks(warm_cache):
+    done = launch(2, str(ROOT / "examples" / "distributed_mpi.py"), timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.startswith("2 ranks, 300 steps")
