@@ -156,3 +156,67 @@ def test_shard_plan_rejects_bad_sparse_variables():
         nad.shard_plan(params, 2, sparse_variables="variable_0")
     with pytest.raises(TypeError, match="must be an array"):
         nad.shard_plan([np.zeros(3), 7], 2)
+
+
+# ---------------------------------------------------------------- one process (SelfComm)
+
+
+def test_the_distributed_guide_runs(tmp_path, monkeypatch):
+    """Every Python block of docs/guide/distributed.md, in order, in one namespace."""
+    import re
+    from pathlib import Path
+    page = Path(__file__).resolve().parent.parent / "docs" / "guide" / "distributed.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+    assert len(blocks) >= 3
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{page.name} block {i}", "exec"), namespace)  # noqa: S102
+
+
+def test_one_process_bad_arguments_raise_and_change_nothing():
+    params = na.FlatBuffer({"a": (30,), "b": (4,)}, np.float32)
+    params.data[:] = 1.0
+    opt = nad.ShardedAdamax(nad.SelfComm(), learning_rate=0.1, nonfinite="raise")
+    with pytest.raises(ValueError, match="must already be built"):
+        opt.apply(params.zeros_like())
+    assert not opt.built
+    bad = [np.ones(30, np.float32), np.ones(5, np.float32)]
+    with pytest.raises(ValueError, match="shape"):
+        opt.apply(bad, list(params.arrays))
+    assert not opt.built  # a failed first call builds nothing
+    opt.build(params)
+    g = params.zeros_like()
+    g.arrays[1][2] = np.inf
+    with pytest.raises(FloatingPointError, match="'b'"):
+        opt.apply(g, params)
+    assert np.all(params.data[:34] == 1.0) and opt.iterations == 0
+    assert opt.get_slot("a", "m").shape == (30,)
+    with pytest.raises(ValueError, match="Unknown slot"):
+        opt.get_slot("a", "ema")
+    with pytest.raises(TypeError, match="gather_slot"):
+        opt.state_dict()
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        import pickle
+        pickle.dumps(opt)
+    assert "iterations=0" in repr(opt)
+
+
+@pytest.mark.parametrize("kwargs, kind, match", [
+    ({"zero_stage": 2}, ValueError, "zero_stage"),
+    ({"reduce": "max"}, ValueError, "reduce"),
+    ({"deterministic": 1}, ValueError, "deterministic"),
+    ({"beta_1": 1.5}, ValueError, "beta_1"),
+])
+def test_constructor_arguments_are_validated(kwargs, kind, match):
+    with pytest.raises(kind, match=match):
+        nad.ShardedAdamax(nad.SelfComm(), **kwargs)
+
+
+def test_a_communicator_is_required():
+    with pytest.raises(TypeError, match="communicator"):
+        nad.ShardedAdamax(object())
+    with pytest.raises(TypeError, match="communicator"):
+        nad.init([np.zeros(3, np.float32)], object())
+    with pytest.raises(TypeError, match="ShardedState"):
+        nad.step([np.zeros(3)], [np.zeros(3)], object())
