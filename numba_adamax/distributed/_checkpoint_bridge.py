@@ -89,3 +89,10 @@ def expect(state, saved):
         if list(saved.get(field, [])) != ours[field]:
             raise ValueError(f"The checkpoint's {field} are {saved.get(field)}; this optimizer "
                              f"has {ours[field]}.")
+
+
+def consolidate(path, out) -> None:
+    """Turn the sharded checkpoint directory ``path`` into one file ``out`` that
+    ``numba_adamax.load_state`` reads (offline: no communicator needed)."""
+    from ._checkpoint import consolidate as consolidate_files
+    consolidate_files(path, out)

@@ -1,5 +1,7 @@
 """``ShardedAdamax`` (the ``Adamax`` interface over a process group) and the
 functional ``init``/``step`` pair over a ``ShardedState``."""
+import numpy as np
+
 from .. import _validation as check
 from .. import functional
 from .._hyperparameters import Hyperparameters
@@ -55,25 +57,28 @@ class ShardedAdamax(Adamax):
         _agree_settings(comm, (options, repr(sparse_variables), self._hp.changed_settings()))
 
     @property
-    def comm(self):
+    def comm(self) -> Comm:
         """The communicator."""
         return self._comm
 
     @property
-    def zero_stage(self):
+    def zero_stage(self) -> int:
+        """0 (data parallel) or 1 (sharded optimizer state)."""
         return self._zero_stage
 
     @property
-    def reduce(self):
+    def reduce(self) -> str:
+        """``"sum"`` or ``"mean"`` of the ranks' gradients."""
         return self._reduce
 
     @property
-    def deterministic(self):
+    def deterministic(self) -> bool:
+        """Whether the gradients are added in rank order."""
         return self._deterministic
 
     # ------------------------------------------------------------ building
 
-    def build(self, variables, names=None):
+    def build(self, variables, names=None) -> None:
         """Allocate this rank's slots for ``variables`` (collective; the same structure on
         every rank). Does nothing if already built."""
         if self._state is None:
@@ -96,7 +101,7 @@ class ShardedAdamax(Adamax):
 
     # ------------------------------------------------------------ stepping
 
-    def apply(self, grads, variables=None):
+    def apply(self, grads, variables=None) -> None:
         """One collective optimizer call: ``grads`` are this rank's gradients (a list,
         dict or ``FlatBuffer`` as for ``Adamax.apply``); the variables end up equal on
         every rank. The first call builds. Every rank must pass the same pattern of
@@ -117,7 +122,7 @@ class ShardedAdamax(Adamax):
         raise TypeError("ShardedAdamax has no `bind`; call `apply(grads, variables)` on every "
                         "rank.")
 
-    def finalize_variable_values(self, variables):
+    def finalize_variable_values(self, variables) -> None:
         """With ``use_ema``, copy the (gathered) EMA averages into ``variables``
         (collective); does nothing without ``use_ema``."""
         if not self._hp.use_ema:
@@ -129,17 +134,17 @@ class ShardedAdamax(Adamax):
     # ------------------------------------------------------------ state surface
 
     @property
-    def local_nbytes(self):
+    def local_nbytes(self) -> int:
         """Bytes of optimizer state (slot buffers) this rank holds."""
         return 0 if self._state is None else self._state.local_nbytes
 
-    def get_slot(self, variable, slot_name):
+    def get_slot(self, variable, slot_name: str):
         """This rank's piece of the slot (a live view: shaped like the variable when the
         rank holds it whole, else 1-D), or None when it holds no part of it."""
         state = self._require_built("get_slot")
         return state.local_slot(state.variable_index(variable), slot_name)
 
-    def gather_slot(self, variable, slot_name):
+    def gather_slot(self, variable, slot_name: str) -> np.ndarray:
         """The whole slot ``slot_name`` of ``variable`` (the array or its name) on every
         rank, as a new array (collective)."""
         state = together(self._comm, self._require_built, "gather_slot")
@@ -161,12 +166,12 @@ class ShardedAdamax(Adamax):
         """Not available: this rank holds only a part of the slots (TypeError)."""
         self._single_process_only()
 
-    def save_state(self, path):
+    def save_state(self, path) -> None:
         """Write a checkpoint directory: one file per rank and a manifest (collective)."""
         state = together(self._comm, self._require_built, "save_state")
         _save(state, path)
 
-    def load_state(self, path):
+    def load_state(self, path) -> None:
         """Load a checkpoint written by ``save_state`` at any world size, or a
         ``numba_adamax.save_state`` file (collective). On an unbuilt optimizer the load
         waits for the build."""

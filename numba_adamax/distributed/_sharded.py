@@ -25,6 +25,8 @@ A call (``prepare`` then ``run``) is collective:
 4. ``local`` is updated; with stage 1 the dense variables are all-gathered and the
    owners of sparse variables broadcast the rows they changed.
 """
+import warnings
+
 import numpy as np
 
 from .. import _apply, _state
@@ -229,7 +231,12 @@ class ShardedState:
         grads, _ = match(self, grads, variables, argument=argument, in_order=in_order)
         if type(grads) is FlatBuffer:
             return grads, (_DENSE,) * len(self.params)
-        _, grads = check.gradients(grads, self.arrays, self.names)
+        missing, grads = check.gradients(grads, self.arrays, self.names)
+        if missing:
+            warnings.warn("Gradients do not exist for variables "
+                          f"{[n for n, g in zip(self.names, grads) if g is None]} when "
+                          "minimizing the loss.", UserWarning,
+                          stacklevel=_apply._first_frame_outside_package())
         kinds = tuple(_NONE if g is None else _SPARSE if type(g) is IndexedSlices else _DENSE
                       for g in grads)
         for i, kind in enumerate(kinds):
