@@ -370,6 +370,53 @@ def case_fail(out):
                 "digest": ""})
 
 
+def case_device(out):
+    """Device variables (run under NUMBA_ENABLE_CUDASIM=1 by the test): gradients and
+    parameters staged through host buffers, the update on the device; equal to one
+    process stepping the same device variables on the rank-order sum."""
+    from numba import cuda
+    kernel_config.CHUNK = 64
+    shapes = {"w_a": (200,), "bias_b": (7,), "big": (130,)}  # w_a is split at two ranks
+    for name, stage in (("global_clipnorm", 1), ("accum_2_ema_overwrite_1", 1),
+                        ("weight_decay_exclude", 0)):
+        config = CONFIGS[name]
+        rng = np.random.default_rng(5)
+        start = [rng.standard_normal(sh).astype(np.float32) for sh in shapes.values()]
+        params = [cuda.to_device(a) for a in start]
+        ref_params = [cuda.to_device(a) for a in start]
+        opt = nad.ShardedAdamax(COMM, zero_stage=stage, deterministic=True,
+                                **make_kwargs(config))
+        ref = na.Adamax(**make_kwargs(config))
+        opt.build(params, names=list(shapes))
+        ref.build(ref_params, names=list(shapes))
+        if config.exclude_names:
+            opt.exclude_from_weight_decay(var_names=list(config.exclude_names))
+            ref.exclude_from_weight_decay(var_names=list(config.exclude_names))
+        for step in range(3):
+            per_rank = [[np.random.default_rng([step, r, k]).standard_normal(sh).astype(
+                np.float32) for k, sh in enumerate(shapes.values())] for r in range(SIZE)]
+            folded_grads = []
+            for k in range(len(shapes)):
+                total = per_rank[0][k].copy()
+                for r in range(1, SIZE):
+                    np.add(total, per_rank[r][k], out=total)
+                np.divide(total, SIZE, out=total)
+                folded_grads.append(total)
+            opt.apply([cuda.to_device(g) for g in per_rank[RANK]], params)
+            ref.apply([cuda.to_device(g) for g in folded_grads], ref_params)
+        bad = []
+        for k, (p, q) in enumerate(zip(params, ref_params)):
+            if not np.array_equal(p.copy_to_host(), q.copy_to_host()):
+                bad.append(f"param {k}")
+            for slot in opt.get_slot_names():
+                if not np.array_equal(opt.gather_slot(p, slot),
+                                      ref.get_slot(q, slot).copy_to_host()):
+                    bad.append(f"slot {slot} of {k}")
+        out.append({"name": f"device_{name}_{stage}", "stage": stage, "exact": not bad,
+                    "close": not bad, "detail": bad[:4],
+                    "digest": digest([p.copy_to_host() for p in params])})
+
+
 def case_all(out):
     case_steps(out)
     case_errors(out)
@@ -378,7 +425,9 @@ def case_all(out):
 def main():
     case, directory = sys.argv[1], sys.argv[2]
     out = []
-    {"all": case_all, "steps": case_steps, "errors": case_errors, "fail": case_fail}[case](out)
+    cases = {"all": case_all, "steps": case_steps, "errors": case_errors, "fail": case_fail,
+             "device": case_device}
+    cases[case](out)
     with open(os.path.join(directory, f"{case}-{RANK}.json"), "w") as f:
         json.dump(out, f, default=str)
 

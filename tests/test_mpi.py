@@ -132,3 +132,20 @@ def test_the_distributed_example_runs_on_two_ranks(warm_cache):
     done = launch(2, str(ROOT / "examples" / "distributed_mpi.py"), timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stdout.startswith("2 ranks, 300 steps")
+
+
+def test_device_variables_are_staged_through_the_host(tmp_path):
+    """CUDA device arrays under the simulator at two ranks: the gradients and parameters
+    travel through host buffers, the update runs on the device, and the result equals
+    one process stepping device variables on the rank-order sum, bit for bit."""
+    pytest.importorskip("numba.cuda", reason="needs numba-cuda")
+    env = dict(environment(), NUMBA_ENABLE_CUDASIM="1")
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "mpi4py", str(SCENARIOS),
+                           "device", str(tmp_path)], check=False, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    per_rank = [json.loads((tmp_path / f"device-{r}.json").read_text()) for r in range(2)]
+    assert len(per_rank[0]) == 3
+    for checks in per_rank:
+        assert all(c["exact"] for c in checks), [(c["name"], c["detail"]) for c in checks]
+    assert [c["digest"] for c in per_rank[0]] == [c["digest"] for c in per_rank[1]]

@@ -4,6 +4,7 @@ touched rows of the sparse variables it owns."""
 import numpy as np
 
 from .. import _state_dict
+from ._sharded import _host, _write
 
 
 def _pieces(state, loading):
@@ -53,7 +54,7 @@ def save(state, path):
 
 def _elements(state, j, piece, name):
     """Piece ``piece``'s elements of slot ``name`` from local variable ``j`` (a copy)."""
-    view = state.local.slot(j, name).reshape(-1)
+    view = _host(state.local.slot(j, name)).reshape(-1)
     p = state.pieces[j]
     return np.array(view[piece.begin - p.begin:piece.end - p.begin], copy=True)
 
@@ -67,7 +68,7 @@ def load(state, path):
                                      expect=lambda h: expect(state, h))
     for name, arrays in slots.items():
         for j, array in zip(local, arrays):
-            state.local.slot(j, name).reshape(-1)[:] = array
+            _write(state.local.slot(j, name), np.asarray(array))
     state.raw_steps = int(saved["raw_steps"])
     state.skipped_steps = int(saved["skipped_steps"])
     if state.local is not None:

@@ -8,7 +8,7 @@ from .._hyperparameters import Hyperparameters
 from ..optimizer import Adamax
 from ._collective import together
 from ._comm import Comm
-from ._sharded import ShardedState
+from ._sharded import ShardedState, _host, _write
 
 
 def _options(comm, zero_stage, reduce, deterministic):
@@ -271,9 +271,9 @@ def step(params, grads, state: ShardedState) -> ShardedState:
 
 
 def broadcast_(params, comm, root=0) -> None:
-    """Copy ``root``'s ``params`` (a ``FlatBuffer`` or a list/tuple/dict of numpy
-    arrays, the same structure on every rank) into every rank's, in place
-    (collective)."""
+    """Copy ``root``'s ``params`` (a ``FlatBuffer`` or a list/tuple/dict of arrays, the
+    same structure on every rank; device arrays go through host copies) into every
+    rank's, in place (collective)."""
     def arrays():
         check.communicator(comm, Comm)
         from .._flat_buffer import FlatBuffer
@@ -283,8 +283,6 @@ def broadcast_(params, comm, root=0) -> None:
             check.sequence(params, "`params`"))
         for j, a in enumerate(values):
             check.variable(a, f"params[{j}]")
-            if not a.flags.c_contiguous:
-                raise ValueError(f"params[{j}] must be C-contiguous to be broadcast in place")
         return values
 
     if not isinstance(comm, Comm):
@@ -294,4 +292,9 @@ def broadcast_(params, comm, root=0) -> None:
     if any(s != shapes[0] for s in shapes):
         raise ValueError(f"`params` differ across the ranks (shapes, dtypes): {shapes}")
     for a in values:
-        comm.bcast_(a.reshape(-1), root)
+        if isinstance(a, np.ndarray):
+            comm.bcast_(a.reshape(-1), root)
+        else:  # a device array, staged through a host copy
+            host = _host(a).reshape(-1)
+            comm.bcast_(host, root)
+            _write(a, host)

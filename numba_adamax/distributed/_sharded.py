@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from .. import _apply, _state
+from .. import _apply, _devices, _state, backends
 from .. import _validation as check
 from .._flat_buffer import FlatBuffer
 from .._indexed_slices import IndexedSlices
@@ -54,15 +54,17 @@ class ShardedState:
     def __init__(self, comm, params, names, hyperparameters, *, zero_stage, reduce,
                  deterministic, sparse_variables=None):
         arrays, names, buffer = _state.variables(params, names)
-        for name, a in zip(names, arrays):
-            if type(a) is not np.ndarray:
-                raise TypeError(f"variable {name!r} is a {check.describe(a)}; the sharded "
-                                "optimizer takes numpy arrays (copy device arrays to the host, "
-                                "or use numba_adamax.Adamax on each GPU)")
+        backend = backends.for_arrays(arrays)
+        self.device = backend.device
+        if self.device is not None and sparse_variables:
+            raise TypeError("`sparse_variables` needs numpy variables: the sharded optimizer "
+                            "stages device variables through host buffers for dense "
+                            "gradients only.")
         self.comm = comm
         self.zero_stage, self.reduce, self.deterministic = zero_stage, reduce, deterministic
         self.hyperparameters = hp = hyperparameters
-        self.params = self.arrays = tuple(arrays)
+        self.params = tuple(arrays)
+        self.arrays = tuple(backend.device_arrays(self.params))
         self.names = tuple(names)
         self.buffer = buffer
         self.stream = None
@@ -172,12 +174,12 @@ class ShardedState:
         if not var.size:
             return out.reshape(var.shape)
         if self.zero_stage == 0:
-            out[:] = mine.reshape(-1)
+            out[:] = _host(mine).reshape(-1)
             return out.reshape(var.shape)
         counts = self._holdings(i)
         for p in self.pieces:
             if p.variable == i:
-                out[p.begin:p.end] = mine.reshape(-1)
+                out[p.begin:p.end] = _host(mine).reshape(-1)
         self.comm.allgatherv_(out, counts)
         return out.reshape(var.shape)
 
@@ -318,7 +320,7 @@ class ShardedState:
                 continue
             end = lo + group.sizes[k]
             if kinds[i] == _DENSE:
-                buf[lo:end] = arrays[i].reshape(-1)
+                buf[lo:end] = _host(arrays[i]).reshape(-1)
             else:
                 buf[lo:end] = 0
         buf[end:] = 0
@@ -398,8 +400,10 @@ class ShardedState:
         return out
 
     def _local_gradients(self, reduced, rows, kinds):
-        """The gradient of each local piece: a view of the reduced dense range, the
-        gathered ``IndexedSlices``, or None."""
+        """The gradient of each local piece: a view of the reduced dense range (in device
+        memory for device variables), the gathered ``IndexedSlices``, or None."""
+        if self.device is not None and self.local is not None:
+            reduced = [_upload(shard) for shard in reduced]
         out = []
         for p in self.pieces:
             kind = kinds[p.variable]
@@ -458,13 +462,13 @@ class ShardedState:
         per-chunk float64 partials (and the squared norms of the sparse gradients it
         owns) are all-gathered, folded per variable in the single-process chunk order,
         and turned into clip tables for this rank's pieces. Mutates nothing."""
-        comm, plan = self.comm, self.plan
-        backend = _cpu() if local is None else local.backend
+        comm, plan, cpu = self.comm, self.plan, _cpu()
         parts = []
         if local is not None:
+            backend = local.backend
             for lg, group_refs in zip(local.groups, refs):
                 partials = backend.chunk_square_partials(local, lg, group_refs, settings)
-                parts.append(np.asarray(partials)[self._dense_chunk[lg.position]])
+                parts.append(_host(partials)[self._dense_chunk[lg.position]])
             if sparse:
                 local_sums = backend.new_square_sums(local)
                 owned = []
@@ -497,18 +501,21 @@ class ShardedState:
                     offset += 1
         sums = [np.empty(len(g.indices)) for g in plan.groups]
         for g in plan.groups:
-            backend.fold_square_partials(None, _Chunks(g.position, g.dense_chunks),
+            cpu.fold_square_partials(None, _Chunks(g.position, g.dense_chunks),
                                          np.concatenate(full[g.position]), sums)
         for i, value in sparse_sums.items():
             g, k = plan.location[i]
             sums[g][k] = value
         if local is None:
             return None
-        tables = backend.clip_tables(_Groups(plan), sums, settings)
-        return [np.array([tables[self._local_group[lg.position]][
+        tables = cpu.clip_tables(_Groups(plan), sums, settings)
+        out = [np.array([tables[self._local_group[lg.position]][
                     plan.location[self.pieces[j].variable][1]] for j in lg.indices],
-                         dtype=np.float64).reshape(-1, 2)
-                for lg in local.groups]
+                        dtype=np.float64).reshape(-1, 2)
+               for lg in local.groups]
+        if self.device is not None:  # the device kernels read the table in the slot dtype
+            out = [_upload(t.astype(lg.slot_dtype)) for t, lg in zip(out, local.groups)]
+        return out
 
     def _sparse_this_call(self, i):
         return self._kinds is not None and self._kinds[i] == _SPARSE
@@ -540,13 +547,13 @@ class ShardedState:
             for p in self.pieces:
                 if p.group == group.position and p.variable not in self.plan.sparse:
                     start = p.offset + p.begin
-                    buf[start:start + p.size] = self.arrays[p.variable].reshape(-1)[
-                        p.begin:p.end]
+                    buf[start:start + p.size] = _host(self.arrays[p.variable].reshape(-1)[
+                        p.begin:p.end])
             self.comm.allgatherv_(buf, group.counts)
             for k, i in enumerate(group.indices):
                 if i not in self.plan.sparse and group.sizes[k]:
                     start = group.comm_offsets[k]
-                    self.arrays[i].reshape(-1)[:] = buf[start:start + group.sizes[k]]
+                    _write(self.arrays[i], buf[start:start + group.sizes[k]])
 
     def _publish_sparse(self, changed, overwrite):
         """The owners of sparse variables broadcast what the step changed: the whole
@@ -581,12 +588,35 @@ class ShardedState:
         """Copy the EMA of every variable into ``targets`` (arrays like the variables,
         in order), gathering the pieces (collective)."""
         for i, target in enumerate(targets):
-            _cpu().assign(target, self.gather_slot(i, "ema"))
+            _write(target, self.gather_slot(i, "ema"))
 
 
 def _cpu():
     from ..backends import cpu
     return cpu
+
+
+def _host(x):
+    """``x`` as a host array: itself when it is one, else a copy of the device array."""
+    if isinstance(x, np.ndarray):
+        return x
+    return _devices.as_device_array(x).copy_to_host()
+
+
+def _upload(host):
+    """A new device array holding the host array ``host``."""
+    from numba import cuda
+    return cuda.to_device(host)
+
+
+def _write(target, values):
+    """Copy the host ``values`` into the variable ``target`` (host or device), converted
+    to its dtype and shape."""
+    if isinstance(target, np.ndarray):
+        np.copyto(target, values.reshape(target.shape), casting="same_kind")
+        return
+    device = _devices.as_device_array(target)
+    device.copy_to_device(np.ascontiguousarray(values, dtype=device.dtype).reshape(device.shape))
 
 
 def _allgatherv(comm, send):
