@@ -338,6 +338,11 @@ def case_errors(out):
         ValueError, "variables differ",
         lambda: nad.ShardedAdamax(COMM).build([np.zeros(10 + RANK, np.float32)]))
            if SIZE > 1 else one)
+    # get_slot is this rank's piece (None when it holds none); the pieces add up
+    held = COMM.allgather_object([None if opt.get_slot(v, "m") is None
+                                  else int(opt.get_slot(v, "m").size) for v in params.arrays])
+    record("get_slot_pieces", (all(sum(r[k] or 0 for r in held) == v.size
+                                   for k, v in enumerate(params.arrays)), held))
     record("bind_refused", expect(TypeError, "apply", lambda: opt.bind(params.zeros_like())))
     record("state_dict_refused", expect(TypeError, "gather_slot", opt.state_dict))
     # broadcast_ makes every rank equal to root's

@@ -109,7 +109,7 @@ def test_nonfinite_sparse_memory_and_agreed_errors(results):
     _, per_rank = results
     wanted = ("nonfinite_skip_1", "nonfinite_raise_1", "sparse_2_1", "local_nbytes",
               "none_pattern_differs", "bad_argument_on_one_rank", "callable_rate_differs",
-              "broadcast", "functional_equals_class")
+              "broadcast", "functional_equals_class", "get_slot_pieces")
     for checks in per_rank:
         by_name = {c["name"]: c for c in checks}
         for name in wanted:
