@@ -34,7 +34,7 @@ from .. import _validation as check
 from .._flat_buffer import FlatBuffer
 from .._indexed_slices import IndexedSlices
 from ..functional import match
-from ._collective import together
+from ._collective import together, together_sharing
 from ._plan import ShardPlan, sparse_indices
 
 _NONE, _DENSE, _SPARSE = 0, 1, 2
@@ -217,9 +217,9 @@ class ShardedState:
         Raises the same ``TypeError``/``ValueError`` on every rank when any rank's
         arguments are wrong, or when the ranks' gradient patterns differ. Mutates
         nothing."""
-        grads, kinds = together(self.comm, self._check_call, grads, variables, argument,
-                                in_order)
-        patterns = self.comm.allgather_object(kinds)
+        (grads, kinds), patterns = together_sharing(
+            self.comm, self._check_call, lambda checked: checked[1], grads, variables,
+            argument, in_order)
         if any(p != kinds for p in patterns):
             def describe(p):
                 return {self.names[i]: ("None", "dense", "IndexedSlices")[k]
