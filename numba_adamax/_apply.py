@@ -204,9 +204,11 @@ class StepSettings:
         return self.weight_decay is not None and state.weight_decay_mask[i]
 
 
-def commit(call):
+def commit(call, clip_tables=None):
     """Run a call ``prepare`` accepted: mutates the variables, the slots and the
-    counters (only ``skipped_steps`` for a skipped call)."""
+    counters (only ``skipped_steps`` for a skipped call). ``clip_tables``, when given,
+    replaces ``_clip_tables`` (same arguments and result): the sharded optimizer
+    computes the norms of variables split across processes there."""
     state = call.state
     if call.skipped:
         state.skipped_steps += 1
@@ -222,7 +224,8 @@ def commit(call):
         for group, group_refs in zip(state.groups, refs):
             backend.accumulate(state, group, group_refs, settings)
     else:
-        clip_tables = _clip_tables(state, refs, sparse, settings) if settings.clip_norm else None
+        clip_tables = ((clip_tables or _clip_tables)(state, refs, sparse, settings)
+                       if settings.clip_norm else None)
         for i, rows in sparse.items():  # lazy row updates, before the dense pass's EMA
             backend.update_rows(state, i, rows, settings, clip_tables)
         for group, group_refs in zip(state.groups, refs):

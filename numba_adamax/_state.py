@@ -299,6 +299,15 @@ def create(params, names, hyperparameters):
     buffer's names). Raises before allocating.
     The caller locks ``hyperparameters`` once it adopts the state.
     """
+    params, names, buffer = variables(params, names)
+    state = AdamaxState(params, names, hyperparameters)
+    state.buffer = buffer
+    return state
+
+
+def variables(params, names):
+    """``(arrays, names, buffer)`` of the ``params`` and ``names`` ``create`` takes,
+    validated (``buffer``: the ``FlatBuffer`` given, else None). Mutates nothing."""
     buffer = None
     if isinstance(params, FlatBuffer):
         buffer, names = params, params.names if names is None else names
@@ -320,9 +329,7 @@ def create(params, names, hyperparameters):
     check.same_device(params, labels)
     if len({id(p) for p in params}) != len(params):
         raise ValueError("The same array appears more than once in `variables`.")
-    state = AdamaxState(params, names, hyperparameters)
-    state.buffer = buffer
-    return state
+    return params, names, buffer
 
 
 def _restored(variables, names, hyperparameters, weight_decay_mask, saved):

@@ -528,3 +528,32 @@ def shape(value, label):
             or not all(is_int(n) and n >= 0 for n in value)):
         raise ValueError(f"{label} must be a tuple of non-negative ints, got {value!r}.")
     return tuple(int(n) for n in value)
+
+
+# ------------------------------------------------------------ the distributed optimizer
+
+
+def communicator(value, comm_type):
+    """A ``numba_adamax.distributed`` communicator (an instance of ``comm_type``); else
+    TypeError saying which ones to pass."""
+    if not isinstance(value, comm_type):
+        raise TypeError("`comm` must be a numba_adamax.distributed communicator: "
+                        "MPIComm(MPI.COMM_WORLD), TorchComm() or SelfComm(); got "
+                        f"{describe(value)}.")
+    return value
+
+
+def zero_stage(value):
+    """0 (data parallel) or 1 (sharded optimizer state); else ValueError."""
+    if isinstance(value, bool) or not is_int(value) or value not in (0, 1):
+        raise ValueError(f"`zero_stage` must be 0 (data parallel) or 1 (sharded optimizer "
+                         f"state), got {value!r}.")
+    return int(value)
+
+
+def reduction(value):
+    """``"sum"`` or ``"mean"``; else ValueError."""
+    if value not in ("sum", "mean") or not isinstance(value, str):
+        raise ValueError(f"`reduce` must be 'sum' or 'mean' (of the ranks' gradients), got "
+                         f"{value!r}.")
+    return value

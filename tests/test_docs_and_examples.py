@@ -23,17 +23,18 @@ def _load_example(name):
 
 def test_readme_commands_match_ci():
     """The README's test command and .ci/run install the same things and run the same pytest;
-    CI adds the docs and lint extras, so that the docs build and the linters run too."""
+    both install the docs, lint and distributed extras, so that the docs build, the linters
+    and the MPI tests run too."""
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    readme_run = re.findall(r"pip install (-e \"\.\[test,cuda\]\".*?) && (python -m pytest -q "
+    readme_run = re.findall(r"pip install (-e \"\.\[test,cuda,docs,lint,distributed\]\".*?) && "
+                            r"(python -m pytest -q "
                             r"&& NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/test_cuda.py"
                             r" tests/test_torch_cuda.py)$",
                             readme, flags=re.M)
     ci_install = re.findall(r"^python -m pip install --quiet (-e .*)$", ci, flags=re.M)
-    assert [install for install, _ in readme_run] == ci_install[:1] == [
-        '-e ".[test,cuda]" torch==2.13.0']
-    assert ci_install[1:] == ['-e ".[docs,lint]"']
+    assert [install for install, _ in readme_run] == ci_install == [
+        '-e ".[test,cuda,docs,lint,distributed]" torch==2.13.0']
     assert re.search(r"^python -m pytest -q$", ci, flags=re.M)
     assert re.search(r"^NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/test_cuda.py "
                      r"tests/test_torch_cuda.py$", ci, flags=re.M)

@@ -19,18 +19,26 @@ def together(comm, check, *args, **kwargs):
     (collective). Returns this rank's result when no rank raised one of ``AGREED``;
     otherwise every rank raises the exception of the lowest failing rank, with its
     rank prefixed to the message when the group has more than one rank."""
+    return together_sharing(comm, check, None, *args, **kwargs)[0]
+
+
+def together_sharing(comm, check, share, *args, **kwargs):
+    """``together``, which also gathers ``share(result)`` (a small picklable value)
+    from every rank in the same collective: returns ``(result, shared)`` with
+    ``shared`` indexed by rank (all None when ``share`` is None)."""
     try:
         result, failure = check(*args, **kwargs), None
     except AGREED as exc:
         result, failure = None, (type(exc), str(exc.args[0]) if len(exc.args) == 1 else str(exc))
-    failures = comm.allgather_object(failure)
-    for rank, failed in enumerate(failures):
+    mine = None if failure is not None or share is None else share(result)
+    everyone = comm.allgather_object((failure, mine))
+    for rank, (failed, _) in enumerate(everyone):
         if failed is not None:
             kind, message = failed
             if comm.size > 1:
                 message = f"rank {rank}: {message}"
             raise _rebuild(kind, message)
-    return result
+    return result, [shared for _, shared in everyone]
 
 
 def _rebuild(kind, message):
@@ -38,5 +46,5 @@ def _rebuild(kind, message):
         return KeyError(message)
     try:
         return kind(message)
-    except Exception:  # an exception type whose constructor takes other arguments
+    except Exception:  # noqa: BLE001 -- an exception type whose constructor takes other arguments
         return ValueError(message)
