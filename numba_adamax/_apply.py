@@ -288,8 +288,8 @@ class FastStep:
     (``is_current`` is then False), so that the check is not repeated on every call.
     """
 
-    __slots__ = ("hp", "revision", "threshold", "calls", "rate", "momentum", "frequency",
-                 "positions", "_one_table")
+    __slots__ = ("_one_table", "calls", "frequency", "hp", "momentum", "positions", "rate",
+                 "revision", "threshold")
 
     def __init__(self, state, calls):
         hp = state.hyperparameters

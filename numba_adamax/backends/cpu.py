@@ -140,10 +140,10 @@ def clip_tables(state, sums, settings):
 
 def update(state, group, refs, settings, clip_table):
     """The fused update pass over ``group``: mutates its variables and slots."""
-    _pick(_UPDATE, group.total)(*update_arguments(group, refs, settings, clip_table))
+    _pick(_UPDATE, group.total)(*_update_arguments(group, refs, settings, clip_table))
 
 
-def update_arguments(group, refs, settings, clip_table):
+def _update_arguments(group, refs, settings, clip_table):
     """The argument list of ``group``'s update kernel for this call. The entries that
     change from call to call sit at the ``UPDATE_*`` positions."""
     return [group.chunks, group.table, *refs, settings.clip, clip_table,
@@ -153,7 +153,7 @@ def update_arguments(group, refs, settings, clip_table):
             settings.ema_momentum, settings.overwrite]
 
 
-#: Positions in ``update_arguments`` of the gradient references and object data
+#: Positions in ``_update_arguments`` of the gradient references and object data
 #: offset, the learning rate, the bias correction, the EMA momentum and the overwrite.
 UPDATE_REFS, UPDATE_OFFSET = 2, 3
 UPDATE_LEARNING_RATE, UPDATE_BIAS_CORRECTION, UPDATE_EMA_MOMENTUM, UPDATE_OVERWRITE = (
@@ -169,7 +169,7 @@ def packed_update(state, group, refs, settings):
     these argument types, which skips numba's type dispatch, when it is compiled
     already (else the dispatcher). Mutates nothing."""
     dispatcher = _pick(_UPDATE, group.total)
-    arguments = update_arguments(group, refs, settings, None)
+    arguments = _update_arguments(group, refs, settings, None)
     return _compiled_for(dispatcher, arguments), arguments
 
 
