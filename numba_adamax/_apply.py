@@ -262,14 +262,16 @@ def run(state, grads, passed=None):
     sparse gradient, one that needs the detailed checks) takes the general path,
     which raises before any write. Mutates the variables, slots and counters."""
     fast = state.fast_step
-    if passed is None and fast is not None and fast.is_current(state):
-        refs = fast.gradient_refs(state, grads)
-        if refs is not None:
-            fast(state, refs)
-            return
+    if fast is not None and fast.matches(state):
+        if fast.calls is not None and passed is None:
+            refs = fast.gradient_refs(state, grads)
+            if refs is not None:
+                fast(state, refs)
+                return
+        commit(prepare(state, grads, passed))
+        return
     commit(prepare(state, grads, passed))
-    if fast is None or not fast.is_current(state):
-        FastStep.attach(state)
+    FastStep.attach(state)
 
 
 class FastStep:
@@ -310,7 +312,7 @@ class FastStep:
         # one group of at most 8 variables: the gradients' references go into its table
         group = state.groups[0]
         self._one_table = (group.gradient_refs if calls is not None and group.covers_all
-                           and len(group.indices) <= 8 else None)
+                           and len(group.indices) <= 8 and OBJECT_DATA_OFFSET >= 0 else None)
 
     @classmethod
     def attach(cls, state):
@@ -330,11 +332,15 @@ class FastStep:
                           for group, group_refs in zip(state.groups, refs))
         state.fast_step = cls(state, calls)
 
-    def is_current(self, state):
-        """True when this has calls, made for the state's settings as they are now."""
+    def matches(self, state):
+        """True when this was made for the state's settings as they are now."""
         hp = state.hyperparameters
-        return (self.hp is hp and self.revision == hp.revision and self.calls is not None
+        return (self.hp is hp and self.revision == hp.revision
                 and self.threshold == config.PARALLEL_THRESHOLD)
+
+    def is_current(self, state):
+        """True when this serves the state's calls: it has calls and ``matches``."""
+        return self.calls is not None and self.matches(state)
 
     def gradient_refs(self, state, grads):
         """The drivers' references to ``grads`` (one entry per variable, or a
@@ -351,7 +357,7 @@ class FastStep:
                 return None
             if table is not None:
                 table[k] = id(g)
-        if table is not None and OBJECT_DATA_OFFSET >= 0:
+        if table is not None:
             return ((table, OBJECT_DATA_OFFSET),)
         return state.backend.gradient_refs(state, grads)
 
@@ -410,10 +416,12 @@ class BoundStep:
                                  f"{dtype}. Bind again.")
         state = self.state
         fast = state.fast_step
-        if fast is not None and fast.is_current(state):
-            fast(state, self._refs)
-        else:
-            commit(prepare(state, self.grads, refs=self._refs))
-            if fast is None or not fast.is_current(state):
-                FastStep.attach(state)
+        if fast is not None and fast.matches(state):
+            if fast.calls is not None:
+                fast(state, self._refs)
+            else:
+                commit(prepare(state, self.grads, refs=self._refs))
+            return state
+        commit(prepare(state, self.grads, refs=self._refs))
+        FastStep.attach(state)
         return state

@@ -99,7 +99,13 @@ def test_settings_that_need_more_passes_keep_the_general_path(kwargs):
     opt = na.Adamax(**kwargs)
     for seed in range(3):
         opt.apply(_arrays(seed + 1), w)
-    assert opt.state.fast_step is not None and not opt.state.fast_step.is_current(opt.state)
+    fast = opt.state.fast_step
+    assert fast is not None and fast.matches(opt.state) and not fast.is_current(opt.state)
+    made = []
+    with pytest.MonkeyPatch.context() as m:  # the verdict is kept: no new plan per call
+        m.setattr(_apply.FastStep, "attach", staticmethod(made.append))
+        opt.apply(_arrays(9), w)
+    assert made == [] and opt.state.fast_step is fast
 
 
 def _general_apply(opt, grads, variables):
