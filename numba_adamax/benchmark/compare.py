@@ -175,7 +175,8 @@ def run_child(tree, mode, options=None, extra=None, cache_dir=None):
         env["NUMBA_CACHE_DIR"] = cache_dir
     result = subprocess.run([sys.executable, "-c", _CHILD, mode, json.dumps(options or {}),
                              json.dumps(extra or {})],
-                            env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+                            env=env, capture_output=True, text=True, check=False,
+                            cwd=tempfile.gettempdir())
     if result.returncode:
         raise RuntimeError(f"{mode} in {tree} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -241,6 +242,17 @@ def _time(seconds):
     return f"{seconds * 1e6:.2f} µs" if seconds < 1e-5 else f"{seconds * 1e6:.0f} µs"
 
 
+def _size(n):
+    """``"1e3"`` for ``"1000"``."""
+    return f"1e{len(n) - 1}"
+
+
+def _ratio(numerator, denominator):
+    if numerator is None or denominator is None:
+        return "—"
+    return f"{numerator / denominator:.1f}×"
+
+
 def format_report(report, labels):
     """The side-by-side table as Markdown, one column per tree."""
     trees = list(report)
@@ -266,13 +278,13 @@ def format_report(report, labels):
             values = []
             for t in trees:
                 seconds, roof = get(t, f"fixed/{n}/{name}"), get(t, f"fixed/{n}/roofline")
-                values.append("—" if seconds is None else
+                values.append("—" if seconds is None or roof is None else
                               f"{_time(seconds)} = {seconds / roof:.2f}× "
                               f"(+{_time(seconds - roof)})")
             what = {"list": "`apply` (list)", "flat": "`apply` (`FlatBuffer`)",
                     "bound": "bound step"}[name]
-            row(f"{int(n):.0e} float32, {what}: time = × roofline (+ fixed cost)", values)
-        row(f"{int(n):.0e} float32, streaming roofline",
+            row(f"{_size(n)} float32, {what}: time = × roofline (+ fixed cost)", values)
+        row(f"{_size(n)} float32, streaming roofline",
             [_time(get(t, f"fixed/{n}/roofline")) for t in trees])
     for phase, text in (("quiet", "on its own"), ("busy", "beside spinning processes")):
         for case in ("dense 40000", "sparse embedding", "dense embedding"):
@@ -280,8 +292,8 @@ def format_report(report, labels):
                 [f"{_time(get(t, f'busy/{phase}/{case}/median'))} / "
                  f"{_time(get(t, f'busy/{phase}/{case}/p90'))}" for t in trees])
         row(f"dense / sparse embedding step, {text}",
-            [f"{get(t, f'busy/{phase}/dense embedding/median') / get(t, f'busy/{phase}/sparse embedding/median'):.1f}×"
-             for t in trees])
+            [_ratio(get(t, f"busy/{phase}/dense embedding/median"),
+                    get(t, f"busy/{phase}/sparse embedding/median")) for t in trees])
     header = "| | " + " | ".join(labels) + " |"
     return "\n".join([header, "|---|" + "---:|" * len(trees)] + rows)
 
