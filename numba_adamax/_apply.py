@@ -11,6 +11,11 @@ is decided and run in one place:
   correction included), lets ``_sparse`` deduplicate sparse gradients, then per
   dtype group asks the driver for the clip factors (when clipping by norm), the
   lazy row updates and the fused dense pass, or the accumulation micro-step.
+
+``run`` is the two together for the class and ``step``, with a short path: a state
+whose settings need no per-call decision beyond a few scalars keeps a ``FastStep``,
+its update kernels' arguments packed once, and a plain dense call runs through it
+(the same kernels and arguments, so the same bits). ``BoundStep`` uses it as well.
 """
 import math
 import operator
