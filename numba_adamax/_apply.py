@@ -11,6 +11,11 @@ is decided and run in one place:
   correction included), lets ``_sparse`` deduplicate sparse gradients, then per
   dtype group asks the driver for the clip factors (when clipping by norm), the
   lazy row updates and the fused dense pass, or the accumulation micro-step.
+
+``run`` is the two together for the class and ``step``, with a short path: a state
+whose settings need no per-call decision beyond a few scalars keeps a ``FastStep``,
+its update kernels' arguments packed once, and a plain dense call runs through it
+(the same kernels and arguments, so the same bits). ``BoundStep`` uses it as well.
 """
 import math
 import operator
@@ -24,6 +29,8 @@ from . import _sparse
 from . import _validation as check
 from ._flat_buffer import FlatBuffer
 from ._indexed_slices import IndexedSlices
+from .kernels import config
+from .kernels.addresses import OBJECT_DATA_OFFSET
 
 
 class Call:
@@ -255,6 +262,133 @@ def _clip_tables(state, refs, sparse, settings):
     return backend.clip_tables(state, sums, settings)
 
 
+def run(state, grads, passed=None):
+    """``commit(prepare(state, grads, passed))``: check and run one call with the
+    state's own settings, through the state's ``FastStep`` when it has a current one
+    and every gradient is a plain dense array of its variable's dtype and shape (or
+    ``grads`` is a ``FlatBuffer`` ``match`` accepted); anything else (a missing or
+    sparse gradient, one that needs the detailed checks) takes the general path,
+    which raises before any write. Mutates the variables, slots and counters."""
+    fast = state.fast_step
+    if fast is not None and fast.matches(state):
+        if fast.calls is not None and passed is None:
+            refs = fast.gradient_refs(state, grads)
+            if refs is not None:
+                fast(state, refs)
+                return
+        commit(prepare(state, grads, passed))
+        return
+    commit(prepare(state, grads, passed))
+    FastStep.attach(state)
+
+
+class FastStep:
+    """A state's update calls packed once, for the calls whose only per-call values
+    are the learning rate, the bias correction and the EMA coefficients.
+
+    That is a CPU state with ``nonfinite="propagate"``, no gradient accumulation and
+    no clipping by norm, stepped with dense gradients: each call then runs exactly
+    the kernels ``commit`` runs, with the same arguments, but skips the matching,
+    the per-call settings record and numba's type dispatch (the kernels are called
+    through the entry points compiled for these argument types). ``attach`` makes one
+    after a call of the general path (the kernels are compiled then); it serves while
+    the state's hyperparameters object, its ``revision`` and the serial/parallel
+    threshold are those it was made with (``is_current``), and is replaced otherwise.
+    A state whose settings do not qualify keeps a ``FastStep`` with no calls
+    (``is_current`` is then False), so that the check is not repeated on every call.
+    """
+
+    __slots__ = ("_one_table", "calls", "frequency", "hp", "momentum", "positions", "rate",
+                 "revision", "threshold")
+
+    def __init__(self, state, calls):
+        hp = state.hyperparameters
+        self.hp, self.revision, self.threshold = hp, hp.revision, config.PARALLEL_THRESHOLD
+        self.calls = calls
+        # a constant rate needs no call of ``learning_rate_at``
+        self.rate = (hp.learning_rate if type(hp.learning_rate) is float and hp.decay is None
+                     else None)
+        self.momentum = hp.ema_momentum
+        # the update number at which the EMA overwrites the variables divides by this
+        self.frequency = (hp.ema_overwrite_frequency
+                          if hp.use_ema and hp.ema_overwrite_frequency else None)
+        backend = state.backend
+        self.positions = (None if calls is None else
+                          (backend.UPDATE_REFS, backend.UPDATE_OFFSET,
+                           backend.UPDATE_LEARNING_RATE, backend.UPDATE_BIAS_CORRECTION,
+                           backend.UPDATE_EMA_MOMENTUM, backend.UPDATE_OVERWRITE))
+        # one group of at most 8 variables: the gradients' references go into its table
+        group = state.groups[0]
+        self._one_table = (group.gradient_refs if calls is not None and group.covers_all
+                           and len(group.indices) <= 8 and OBJECT_DATA_OFFSET >= 0 else None)
+
+    @classmethod
+    def attach(cls, state):
+        """Set ``state.fast_step`` for the state's current settings; mutates ``state``."""
+        hp = state.hyperparameters
+        calls = None
+        backend = state.backend
+        if (hasattr(backend, "packed_update") and hp.nonfinite == "propagate"
+                and hp.gradient_accumulation_steps is None and state.window is None
+                and not (hp.clipnorm or hp.global_clipnorm)):
+            settings = StepSettings(state, hp)
+            settings.learning_rate, settings.ema_momentum, settings.overwrite = 0.0, 0.0, False
+            settings.bias_correction = [0.0] * len(state.groups)
+            refs = backend.gradient_refs(state, [None] * len(state.params))
+            calls = tuple((*backend.packed_update(state, group, group_refs, settings),
+                           *settings._powers[group.position])
+                          for group, group_refs in zip(state.groups, refs))
+        state.fast_step = cls(state, calls)
+
+    def matches(self, state):
+        """True when this was made for the state's settings as they are now."""
+        hp = state.hyperparameters
+        return (self.hp is hp and self.revision == hp.revision
+                and self.threshold == config.PARALLEL_THRESHOLD)
+
+    def is_current(self, state):
+        """True when this serves the state's calls: it has calls and ``matches``."""
+        return self.calls is not None and self.matches(state)
+
+    def gradient_refs(self, state, grads):
+        """The drivers' references to ``grads`` (one entry per variable, or a
+        ``FlatBuffer`` ``match`` accepted) when each is a C-contiguous NumPy array of
+        its variable's dtype and shape (what ``_validation.gradients`` accepts at
+        once), else None. Writes only the groups' scratch tables."""
+        if type(grads) is FlatBuffer:
+            return ((grads.addresses, -1),)
+        ndarray = np.ndarray
+        table = self._one_table
+        for k, (g, a) in enumerate(zip(grads, state.arrays)):
+            if type(g) is not ndarray or g.dtype is not a.dtype or g.shape != a.shape \
+                    or not g.flags.c_contiguous:
+                return None
+            if table is not None:
+                table[k] = id(g)
+        if table is not None:
+            return ((table, OBJECT_DATA_OFFSET),)
+        return state.backend.gradient_refs(state, grads)
+
+    def __call__(self, state, refs):
+        """One update with the gradients located by ``refs`` (per group, as
+        ``gradient_refs`` gives them); mutates the variables, slots and ``raw_steps``."""
+        raw_steps = state.raw_steps
+        learning_rate = self.rate
+        if learning_rate is None:
+            learning_rate = self.hp.learning_rate_at(raw_steps)
+        t = raw_steps + 1  # no accumulation: the update number is raw_steps + 1
+        ema_momentum = 0.0 if raw_steps == 0 else self.momentum
+        frequency = self.frequency
+        overwrite = frequency is not None and t % frequency == 0
+        at_refs, at_offset, at_rate, at_correction, at_momentum, at_overwrite = self.positions
+        for (kernel, arguments, one, beta_1), (table, offset) in zip(self.calls, refs):
+            arguments[at_refs], arguments[at_offset] = table, offset
+            arguments[at_rate], arguments[at_correction] = learning_rate, float(one - beta_1 ** t)
+            arguments[at_momentum], arguments[at_overwrite] = ema_momentum, overwrite
+            kernel(*arguments)
+        state.raw_steps = t
+
+
 class BoundStep:
     """One optimizer call over the same gradient arrays every time, packed once.
 
@@ -288,5 +422,14 @@ class BoundStep:
                 raise ValueError(f"A bound gradient now has shape {tuple(g.shape)} and dtype "
                                  f"{g.dtype}; its variable has shape {shape} and dtype "
                                  f"{dtype}. Bind again.")
-        commit(prepare(self.state, self.grads, refs=self._refs))
-        return self.state
+        state = self.state
+        fast = state.fast_step
+        if fast is not None and fast.matches(state):
+            if fast.calls is not None:
+                fast(state, self._refs)
+            else:
+                commit(prepare(state, self.grads, refs=self._refs))
+            return state
+        commit(prepare(state, self.grads, refs=self._refs))
+        FastStep.attach(state)
+        return state

@@ -170,6 +170,7 @@ class AdamaxState:
         self.accumulators = self._shaped("accumulator") if use_acc else ()
         self.window = TouchedRows(self.arrays) if use_acc else None
         self.step_settings = None  # the ``_apply.StepSettings`` of the last call
+        self.fast_step = None  # the ``_apply.FastStep`` for the current settings, if any
         self._index = {id(p): i for i, p in enumerate(self.params)}
         self.name_index = {name: i for i, name in enumerate(self.names)}
 

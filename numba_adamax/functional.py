@@ -71,7 +71,7 @@ def step(params: Variables, grads: Gradients, state: _state.AdamaxState, *,
     if stream is not None:
         state.stream = check.stream(stream)
     grads, passed = match(state, grads, params, argument="params", in_order=True)
-    _apply.commit(_apply.prepare(state, grads, passed))
+    _apply.run(state, grads, passed)
     return state
 
 
@@ -121,7 +121,14 @@ def match(state, grads, variables, *, argument="variables", in_order=False):
     a state built on a ``FlatBuffer`` (checked in O(1)). Raises ``TypeError`` for a
     wrong kind of argument and ``ValueError`` for a mismatch.
     """
-    if type(grads) is FlatBuffer:
+    kind = type(grads)
+    if kind is list or kind is tuple:
+        n = len(state.params)
+        if len(grads) == n and (variables is None or (
+                type(variables) in (list, tuple) and len(variables) == n
+                and all(map(operator.is_, variables, state.params)))):
+            return grads, None  # the common case: every built variable, in order
+    elif kind is FlatBuffer:
         if is_flat_gradient(state, grads) and (variables is None or variables is state.buffer):
             return grads, None
         grads = list(grads.arrays)

@@ -230,9 +230,11 @@ class Adamax:
                                  "`optimizer.build(variables)` first.")
             state = self._new_state(variables)
         grads, passed = functional.match(state, grads, variables)
+        if not fresh:
+            _apply.run(state, grads, passed)
+            return
         call = _apply.prepare(state, grads, passed)
-        if fresh:
-            self._adopt(state)  # only now: a failed first call builds nothing
+        self._adopt(state)  # only now: a failed first call builds nothing
         _apply.commit(call)
 
     def bind(self, grads: Gradients, variables: Variables | None = None) -> BoundStep:

@@ -224,3 +224,24 @@ def test_busy_benchmark_reports_both_passes(tmp_path):
         assert set(phase) == {"dense 40000", "sparse embedding", "dense embedding"}
         assert all(0 < r["median"] <= r["p90"] for r in phase.values())
     assert "| dense 40000 | busy |" in proc.stdout and "faster than the dense one" in proc.stdout
+
+
+def test_compare_reports_one_column_per_tree_with_ratios_and_fixed_costs():
+    from conftest import REPO_ROOT
+
+    from numba_adamax.benchmark import compare
+    measured = compare.run_child(str(REPO_ROOT), "warm")  # this tree, kernels in the cache
+    assert measured["first_step"] > 0 and measured["import"] > 0
+    old = {"fixed/1000/list": 6e-6, "fixed/1000/flat": 4e-6, "fixed/1000/roofline": 1e-6,
+           "busy/quiet/dense embedding/median": 8e-3,
+           "busy/quiet/sparse embedding/median": 1e-3}
+    new = dict(old, **{"fixed/1000/list": 3e-6, "fixed/1000/bound": 2e-6})
+    table = compare.format_report({"old": old, "new": new}, ["before", "after"])
+    lines = table.splitlines()
+    assert lines[0] == "| | before | after |"
+    row = next(line for line in lines if "1e3 float32, `apply` (list)" in line)
+    assert "6.00 µs = 6.00× (+5.00 µs)" in row and "3.00 µs = 3.00× (+2.00 µs)" in row
+    bound = next(line for line in lines if "1e3 float32, bound step" in line)
+    assert bound.split("|")[2].strip() == "—" and "2.00×" in bound
+    ratio = next(line for line in lines if "dense / sparse embedding step, on its own" in line)
+    assert ratio.count("8.0×") == 2

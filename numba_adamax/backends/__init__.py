@@ -38,6 +38,15 @@ put work of its own (a collective, say) between any two of them:
   settings, clip_tables)``: the lazy sparse path (see ``_sparse``), exchanging
   ``rows.Rows`` records.
 * ``assign(destination, source, stream)``: copy a slot into a variable.
+
+Optional (the CPU driver has it; ``_apply.FastStep`` uses it where it exists):
+
+* ``packed_update(state, group, refs, settings)``: ``(kernel, arguments)``, the
+  update pass of ``group`` as one callable and its argument list, which a caller
+  reuses from call to call, rewriting only the entries at the driver's
+  ``UPDATE_REFS``, ``UPDATE_OFFSET``, ``UPDATE_LEARNING_RATE``,
+  ``UPDATE_BIAS_CORRECTION``, ``UPDATE_EMA_MOMENTUM`` and ``UPDATE_OVERWRITE``
+  positions.
 """
 from .. import _devices
 

@@ -140,12 +140,50 @@ def clip_tables(state, sums, settings):
 
 def update(state, group, refs, settings, clip_table):
     """The fused update pass over ``group``: mutates its variables and slots."""
-    _pick(_UPDATE, group.total)(
-        group.chunks, group.table, *refs, settings.clip, clip_table,
-        group.m, group.u, group.ema, group.accumulator, settings.loss_scale, settings.steps,
-        settings.learning_rate, settings.weight_decay, settings.one_minus_beta_1,
-        settings.beta_2, settings.epsilon, settings.bias_correction[group.position],
-        settings.ema_momentum, settings.overwrite)
+    _pick(_UPDATE, group.total)(*_update_arguments(group, refs, settings, clip_table))
+
+
+def _update_arguments(group, refs, settings, clip_table):
+    """The argument list of ``group``'s update kernel for this call. The entries that
+    change from call to call sit at the ``UPDATE_*`` positions."""
+    return [group.chunks, group.table, *refs, settings.clip, clip_table,
+            group.m, group.u, group.ema, group.accumulator, settings.loss_scale, settings.steps,
+            settings.learning_rate, settings.weight_decay, settings.one_minus_beta_1,
+            settings.beta_2, settings.epsilon, settings.bias_correction[group.position],
+            settings.ema_momentum, settings.overwrite]
+
+
+#: Positions in ``_update_arguments`` of the gradient references and object data
+#: offset, the learning rate, the bias correction, the EMA momentum and the overwrite.
+UPDATE_REFS, UPDATE_OFFSET = 2, 3
+UPDATE_LEARNING_RATE, UPDATE_BIAS_CORRECTION, UPDATE_EMA_MOMENTUM, UPDATE_OVERWRITE = (
+    12, 17, 18, 19)
+
+
+def packed_update(state, group, refs, settings):
+    """``(kernel, arguments)`` for ``group``'s update pass without clip table: ``kernel``
+    (the serial or parallel variant this group runs) called as ``kernel(*arguments)``
+    is ``update(state, group, refs, settings, None)``. A caller may reuse the list for
+    later calls with the same settings, writing only the ``UPDATE_*`` entries (with
+    values of the same Python types). ``kernel`` is then the compiled code for exactly
+    these argument types, which skips numba's type dispatch, when it is compiled
+    already (else the dispatcher). Mutates nothing."""
+    dispatcher = _pick(_UPDATE, group.total)
+    arguments = _update_arguments(group, refs, settings, None)
+    return _compiled_for(dispatcher, arguments), arguments
+
+
+def _compiled_for(dispatcher, arguments):
+    """The entry point ``dispatcher`` compiled for the exact numba types of
+    ``arguments``, or ``dispatcher`` itself when it has none (yet)."""
+    import numba
+
+    try:
+        signature = tuple(numba.typeof(a) for a in arguments)
+    except ValueError:
+        return dispatcher
+    compiled = dispatcher.overloads.get(signature)
+    return dispatcher if compiled is None else compiled.entry_point
 
 
 def accumulate(state, group, refs, settings):
