@@ -39,22 +39,3 @@ napoleon_use_ivar = True  # "Attributes:" as fields, not as entries that clash w
 
 html_theme = "alabaster"
 html_title = f"numba_adamax {release}"
-
-# Guide pages written on other branches, listed in guide/index.md's toctree already. Until
-# a page exists its entry is left out of the build; delete this list (and
-# ``_drop_pending_pages``) once every page below is in the repository.
-_PENDING_PAGES = ["pytorch", "pytorch_gpu", "distributed", "distributed_checkpoints",
-                  "performance"]
-
-
-def _drop_pending_pages(app, docname, source):
-    if docname != "guide/index":
-        return
-    missing = {page for page in _PENDING_PAGES
-               if not (Path(app.srcdir) / "guide" / f"{page}.md").exists()}
-    source[0] = "\n".join(line for line in source[0].split("\n")
-                          if line.strip() not in missing)
-
-
-def setup(app):
-    app.connect("source-read", _drop_pending_pages)

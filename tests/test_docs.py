@@ -15,7 +15,6 @@ The convention the pages follow:
 The build runs when Sphinx and MyST-Parser are installed (the ``docs`` extra); with
 ``NUMBA_ADAMAX_REQUIRE_DOCS=1``, as in CI, their absence fails instead of skipping.
 """
-import ast
 import importlib.util
 import json
 import os
@@ -129,16 +128,6 @@ def test_pages_have_python_blocks():
 
 # ----------------------------------------------------------------------------- the build
 
-def _pending_pages():
-    """``_PENDING_PAGES`` of docs/conf.py: guide pages listed before they exist."""
-    tree = ast.parse((DOCS / "conf.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-                getattr(t, "id", None) == "_PENDING_PAGES" for t in node.targets):
-            return set(ast.literal_eval(node.value))
-    return set()
-
-
 def test_sphinx_build_has_no_warning(tmp_path):
     for module in ("sphinx", "myst_parser"):
         if _missing(module):
@@ -158,18 +147,16 @@ def test_sphinx_build_has_no_warning(tmp_path):
 
 
 def test_readme_links_into_the_docs_resolve():
-    """Every relative link of the README names a file of the repository, or a guide page
-    still pending (listed in docs/conf.py)."""
+    """Every relative link of the README names a file of the repository."""
     text = (REPO_ROOT / "README.md").read_text()
     links = re.findall(r"\]\((?!https?://|#)([^)#\s]+)(?:#[^)]*)?\)", text)
     assert any(link.startswith("docs/") for link in links)
-    pending = {f"docs/guide/{name}.md" for name in _pending_pages()}
     for link in links:
-        assert (REPO_ROOT / link).exists() or link in pending, link
+        assert (REPO_ROOT / link).exists(), link
 
 
 def test_every_page_is_in_the_repository_layout():
-    """The pages the guide's toctree lists exist, or are pending."""
+    """The pages the guide's toctree lists exist."""
     listed = re.findall(r"^([a-z_]+)$", (DOCS / "guide" / "index.md").read_text(), re.M)
     missing = {name for name in listed if not (DOCS / "guide" / f"{name}.md").exists()}
-    assert missing <= _pending_pages(), missing
+    assert not missing, missing
