@@ -222,3 +222,14 @@ def test_unbuilt_load_of_a_damaged_or_mismatched_checkpoint_raises_at_once(tmp_p
     fresh.build(fresh_params, names=sc.NAMES)  # nothing pending: a fresh state
     assert fresh.iterations == 0
     assert not np.any(fresh.gather_slot("matrix", "m"))
+
+
+def test_missing_mpi_skips_or_fails_as_numba_adamax_require_mpi_says(monkeypatch):
+    import conftest
+    monkeypatch.setattr(conftest, "MPIEXEC", None)
+    monkeypatch.setenv("NUMBA_ADAMAX_REQUIRE_MPI", "1")
+    with pytest.raises(pytest.fail.Exception, match="MPI tests cannot run"):
+        conftest.require_mpi()
+    monkeypatch.setenv("NUMBA_ADAMAX_REQUIRE_MPI", "0")
+    with pytest.raises(pytest.skip.Exception, match="mpi4py"):
+        conftest.require_mpi()
