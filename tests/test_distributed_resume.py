@@ -233,3 +233,41 @@ def test_missing_mpi_skips_or_fails_as_numba_adamax_require_mpi_says(monkeypatch
     monkeypatch.setenv("NUMBA_ADAMAX_REQUIRE_MPI", "0")
     with pytest.raises(pytest.skip.Exception, match="mpi4py"):
         conftest.require_mpi()
+
+
+class _Killed(BaseException):
+    """Stands for the process dying: nothing of the save's own clean-up runs."""
+
+
+def test_a_save_killed_between_shards_and_manifest_leaves_the_previous_checkpoint(
+        tmp_path, monkeypatch):
+    from numba_adamax.distributed import _checkpoint as files
+    comm = nad.SelfComm()
+    params = sc.variables("accumulate")
+    opt = sc.sharded(comm, "accumulate")
+    opt.build(params, names=sc.NAMES)
+    sc.continue_single(opt, "accumulate", 0, sc.SAVE_AT)
+    opt.save_state(tmp_path / "ckpt")
+    saved = sc.files_digest(tmp_path / "ckpt")
+    sc.continue_single(opt, "accumulate", sc.SAVE_AT, 1)
+
+    def killed(*args):
+        raise _Killed
+
+    monkeypatch.setattr(files, "_write_manifest", killed)
+    with pytest.raises(_Killed):
+        opt.save_state(tmp_path / "ckpt")
+    monkeypatch.undo()
+    leftover = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert len(leftover) == 1 and [p.name for p in leftover[0].iterdir()] == [
+        "shard-00000-of-00001.npz"]
+    assert sc.files_digest(tmp_path / "ckpt") == saved
+    resumed_params = sc.copies(sc.reference("accumulate", sc.SAVE_AT)[0])
+    resumed = sc.sharded(comm, "accumulate")
+    resumed.build(resumed_params, names=sc.NAMES)
+    with pytest.raises(na.CheckpointError, match="manifest.json"):
+        resumed.load_state(leftover[0])
+    resumed.load_state(tmp_path / "ckpt")
+    _continue_and_compare(resumed, resumed_params, "accumulate", "previous checkpoint")
+    opt.save_state(tmp_path / "ckpt")  # the next save replaces it despite the leftover
+    assert sc.files_digest(tmp_path / "ckpt") != saved
