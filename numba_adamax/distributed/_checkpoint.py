@@ -42,7 +42,8 @@ between them leaves the target absent with both complete copies beside it. A sav
 dies before the rename leaves the old checkpoint in place (and possibly its temporary
 directory, which may be deleted). A directory without a valid manifest is not a
 checkpoint. ``load`` also reads a single-file checkpoint (``na.save_state``), each rank
-slicing its pieces out of it.
+slicing its pieces out of it. ``verify`` checks a checkpoint as far as that needs no
+pieces (for an optimizer that is not built yet).
 """
 from __future__ import annotations
 
