@@ -18,6 +18,8 @@ World sizes below 4 run on sub-communicators of the first ranks.
   shards and the manifest; every rank must raise ``CheckpointError`` (or the save's
   error) with params, slots and counters unchanged, and the previous checkpoint must
   stay loadable.
+* ``device`` (one process, no MPI, under ``NUMBA_ENABLE_CUDASIM=1``): float16, float32
+  and float64 device variables saved, loaded and consolidated (``device_resume``).
 
 The gradient of call t is :func:`gradient` on rank 0 and zeros (an empty
 ``IndexedSlices`` for the sparse variable) on the others, with ``reduce="sum"``, so the
@@ -410,11 +412,81 @@ def flip(path):
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+# --------------------------------------------------------------------------- devices
+
+def device_resume(outdir):
+    """Under the CUDA simulator (or a GPU), one process: float16, float32 and float64
+    device variables with EMA, accumulation and clipping by norm. A ``SelfComm`` sharded
+    optimizer saves after 3 calls; a fresh one loads and continues 2 calls, and the
+    consolidated file continues in a one-process ``na.Adamax``. Both must equal the
+    uninterrupted one-process run bit for bit. Returns the list of differences."""
+    from numba import cuda
+
+    from numba_adamax import distributed as nad
+
+    def host(x):
+        return x.copy_to_host() if hasattr(x, "copy_to_host") else np.array(x)
+
+    def model():
+        return [cuda.to_device(np.linspace(-1, 1, 12, dtype=np.float16).reshape(4, 3)),
+                cuda.to_device(np.cos(np.arange(7, dtype=np.float32))),
+                cuda.to_device(np.sin(np.arange(5, dtype=np.float64)))]
+
+    def grads(k):
+        rng = np.random.default_rng(k)
+        return [cuda.to_device(rng.standard_normal((4, 3)).astype(np.float16)),
+                cuda.to_device(rng.standard_normal(7).astype(np.float32)),
+                cuda.to_device(rng.standard_normal(5))]
+
+    settings = {"learning_rate": 0.01, "use_ema": True, "gradient_accumulation_steps": 2,
+                "clipnorm": 0.5}
+    labels = ["half", "single", "double"]
+    uninterrupted = model()
+    reference_opt = na.Adamax(**settings)
+    reference_opt.build(uninterrupted, names=labels)
+    for k in range(5):
+        reference_opt.apply(grads(k))
+    first = model()
+    opt = nad.ShardedAdamax(nad.SelfComm(), deterministic=True, **settings)
+    opt.build(first, names=labels)
+    for k in range(3):
+        opt.apply(grads(k))
+    opt.save_state(os.path.join(outdir, "device"))
+    nad.consolidate(os.path.join(outdir, "device"), os.path.join(outdir, "device.npz"))
+    problems = []
+    for kind in ("sharded", "consolidated"):
+        params = [cuda.to_device(host(a)) for a in first]
+        if kind == "sharded":
+            resumed = nad.ShardedAdamax(nad.SelfComm(), deterministic=True, **settings)
+        else:
+            resumed = na.Adamax(**settings)
+        resumed.build(params, names=labels)
+        resumed.load_state(os.path.join(outdir, "device" if kind == "sharded" else
+                                        "device.npz"))
+        for k in range(3, 5):
+            resumed.apply(grads(k))
+        for i, name in enumerate(labels):
+            if host(params[i]).tobytes() != host(uninterrupted[i]).tobytes():
+                problems.append(f"{kind}: param {name}")
+            for slot in ("m", "u", "ema", "accumulator"):
+                got = (resumed.gather_slot(name, slot) if kind == "sharded"
+                       else host(resumed.get_slot(name, slot)))
+                if got.tobytes() != host(reference_opt.get_slot(name, slot)).tobytes():
+                    problems.append(f"{kind}: {slot} of {name}")
+        if resumed.iterations != reference_opt.iterations:
+            problems.append(f"{kind}: iterations {resumed.iterations}")
+    return problems
+
+
 def main(argv):
     case, outdir = argv[1], argv[2]
-    scenario = Scenario(outdir)
-    if case not in ("all",):
+    if case == "device":
+        with open(os.path.join(outdir, "device.json"), "w") as f:
+            json.dump(device_resume(outdir), f)
+        return
+    if case != "all":
         raise SystemExit(f"unknown case {case!r}")
+    scenario = Scenario(outdir)
     scenario.save()
     scenario.load()
     scenario.refusals()

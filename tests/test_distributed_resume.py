@@ -12,6 +12,10 @@
   the previous checkpoint loadable.
 * In this process: ``nad.consolidate`` output of every checkpoint continues identically
   in a one-process ``na.Adamax``, and every checkpoint loads through ``SelfComm``.
+* Under the CUDA simulator (a child process): float16, float32 and float64 device
+  variables (float16 exists on devices only) resume bit for bit, sharded and consolidated.
+* Without MPI: ``SelfComm`` save/load (built and unbuilt), refusals of an unbuilt load,
+  a save killed between the shards and the manifest, ``NUMBA_ADAMAX_REQUIRE_MPI``.
 """
 import json
 import subprocess
@@ -20,7 +24,7 @@ import sys
 import mpi_resume_scenarios as sc
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, mpi_environment, require_mpi
+from conftest import REPO_ROOT, mpi_environment, require_mpi, run_python
 
 import numba_adamax as na
 from numba_adamax import distributed as nad
@@ -271,3 +275,15 @@ def test_a_save_killed_between_shards_and_manifest_leaves_the_previous_checkpoin
     _continue_and_compare(resumed, resumed_params, "accumulate", "previous checkpoint")
     opt.save_state(tmp_path / "ckpt")  # the next save replaces it despite the leftover
     assert sc.files_digest(tmp_path / "ckpt") != saved
+
+
+@pytest.mark.slow
+def test_device_variables_of_every_dtype_resume_bit_for_bit(tmp_path):
+    """float16 (device only), float32 and float64 CUDA variables under the simulator:
+    the sharded checkpoint and its consolidated file both continue as the uninterrupted
+    one-process run."""
+    pytest.importorskip("numba.cuda", reason="needs numba-cuda")
+    done = run_python([str(SCENARIOS), "device", str(tmp_path)],
+                      env={"NUMBA_ENABLE_CUDASIM": "1", "NUMBA_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads((tmp_path / "device.json").read_text()) == []
