@@ -287,3 +287,26 @@ def test_device_variables_of_every_dtype_resume_bit_for_bit(tmp_path):
                       env={"NUMBA_ENABLE_CUDASIM": "1", "NUMBA_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads((tmp_path / "device.json").read_text()) == []
+
+
+def test_an_unbuilt_load_is_applied_by_the_first_apply(tmp_path):
+    """Built by ``apply`` (default names) on both sides: the pending checkpoint is loaded
+    before the first call's update, which then equals call SAVE_AT + 1 of one process."""
+    comm = nad.SelfComm()
+    params = sc.variables("accumulate")
+    opt = sc.sharded(comm, "accumulate")
+    for t in range(sc.SAVE_AT):
+        opt.apply(sc.gradient("accumulate", t), params)
+    opt.save_state(tmp_path / "ckpt")
+    resumed_params = sc.copies(sc.reference("accumulate", sc.SAVE_AT)[0])
+    resumed = sc.sharded(comm, "accumulate")
+    resumed.load_state(tmp_path / "ckpt")
+    for t in range(sc.SAVE_AT, sc.SAVE_AT + 2):  # completes the open window: an update
+        resumed.apply(sc.gradient("accumulate", t), resumed_params)
+    want_params, want = sc.reference("accumulate", sc.SAVE_AT + 2)
+    assert resumed.iterations == want.iterations == 2
+    for variable, expected_variable, name in zip(resumed_params, want_params, sc.NAMES):
+        assert variable.tobytes() == expected_variable.tobytes(), name
+        for slot in ("m", "u", "accumulator"):
+            assert resumed.gather_slot(variable, slot).tobytes() == \
+                want.get_slot(name, slot).tobytes(), (name, slot)
