@@ -1,9 +1,12 @@
 """What a ``ShardedState`` hands to the sharded checkpoint files (``_checkpoint``) and
 takes back from them: the header, this rank's pieces and their slot elements, and the
 touched rows of the sparse variables it owns."""
+import os
+
 import numpy as np
 
 from .. import _state_dict
+from .._hyperparameters import Hyperparameters
 from .._checkpoint import CheckpointError
 from ._checkpoint import Piece
 from ._checkpoint import consolidate as consolidate_files
@@ -11,6 +14,7 @@ from ._checkpoint import load as load_files
 from ._checkpoint import save as save_files
 from ._checkpoint import verify
 from ._collective import together
+from ._comm import Comm
 from ._sharded import host_copy, write_host
 
 
@@ -106,7 +110,7 @@ def expect(state, saved):
                                   f"optimizer has {ours[field]}.")
 
 
-def check(comm, hyperparameters, path):
+def check(comm: Comm, hyperparameters: Hyperparameters, path: str | os.PathLike) -> None:
     """Check the checkpoint at ``path`` for an optimizer not built yet (collective): its
     files (``_checkpoint.verify``) and the slot-deciding settings. Raises
     ``CheckpointError`` on every rank; mutates nothing."""
