@@ -9,6 +9,9 @@ other helper modules of this folder.
 * State snapshots: :func:`snapshot_state` copies everything a call may change,
   :func:`assert_unchanged` compares two snapshots bit for bit.
 * :func:`run_python`: a fresh interpreter that imports this checkout of the package.
+* MPI launches: :data:`MPIEXEC` (None without mpi4py or mpiexec), :func:`require_mpi` (skip,
+  or fail under ``NUMBA_ADAMAX_REQUIRE_MPI=1``), :func:`mpi_environment` and the session
+  fixture ``warm_cache`` (every kernel compiled once before ranks load them side by side).
 * The ``slow`` marker (subprocess- and Hypothesis-heavy tests, the PTX compilation of every
   CUDA kernel): ``pytest -m "not slow"`` is the quick run; the default run includes them.
 
@@ -16,6 +19,7 @@ This module imports neither torch nor ``numba.cuda``: device arrays are recognis
 ``copy_to_host`` method.
 """
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +174,54 @@ def run_python(code_or_args, env=None, timeout=300):
     child_env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), child_env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=child_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- MPI launches
+
+
+def _find_mpiexec():
+    """The ``mpiexec`` beside this interpreter (or on PATH) when mpi4py imports, else None."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return None
+    beside = Path(sys.executable).with_name("mpiexec")
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+#: The ``mpiexec`` the MPI tests launch, or None when mpi4py or mpiexec is missing.
+MPIEXEC = _find_mpiexec()
+
+
+def require_mpi():
+    """``MPIEXEC``; when it is missing, skip the calling test, or fail it when
+    ``NUMBA_ADAMAX_REQUIRE_MPI=1`` (CI, where the distributed extra is installed)."""
+    if MPIEXEC is None:
+        reason = ("needs mpi4py and mpiexec (pip install numba_adamax[distributed], which "
+                  "brings the mpich wheel)")
+        if os.environ.get("NUMBA_ADAMAX_REQUIRE_MPI") == "1":
+            pytest.fail(f"the MPI tests cannot run: {reason}")
+        pytest.skip(reason)
+    return MPIEXEC
+
+
+def mpi_environment(**extra):
+    """The environment of an MPI launch: one thread per rank, this checkout and tests/
+    first on ``PYTHONPATH``, plus ``extra``."""
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests"),
+                                         env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+@pytest.fixture(scope="session")
+def warm_cache():
+    """Compile (or load) every kernel the MPI scenarios run, once, in a child process, so
+    that the ranks only load them from the disk cache instead of compiling side by side."""
+    require_mpi()
+    code = ("import numba_adamax as na\n"
+            "from numba_adamax._warmup import all_configurations\n"
+            "for kw in all_configurations():\n"
+            "    na.warmup(('float32', 'float64'), sparse=True, parallel=False, **kw)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env=mpi_environment(),
+                   stdin=subprocess.DEVNULL, timeout=600)

@@ -18,12 +18,11 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import mpi_checkpoint_scenarios as sc
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, assert_unchanged, bit_identical, snapshot_state
+from conftest import REPO_ROOT, assert_unchanged, bit_identical, require_mpi, snapshot_state
 
 import numba_adamax as na
 from numba_adamax import _checkpoint as single_file
@@ -75,17 +74,9 @@ def fresh_state(params):
 
 # ============================================================================ the launches
 
-def _mpiexec():
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return None
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
-
-
-MPIEXEC = _mpiexec()
-needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="needs mpi4py and mpiexec")
+#: The tests that read the launches' files (skipped without mpi4py/mpiexec, failed then
+#: under NUMBA_ADAMAX_REQUIRE_MPI=1: ``launches`` calls ``require_mpi``).
+needs_mpi = pytest.mark.usefixtures("launches")
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +87,7 @@ def state():
 @pytest.fixture(scope="module")
 def launches(tmp_path_factory, state):
     """OUTDIR after the launches at 1, 2, 3 and 4 ranks, and every rank's report."""
-    if MPIEXEC is None:
-        pytest.skip("needs mpi4py and mpiexec")
+    mpiexec = require_mpi()
     outdir = tmp_path_factory.mktemp("mpi")
     na.save_state(state[1], outdir / "state.npz")
     env = {**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
@@ -106,7 +96,7 @@ def launches(tmp_path_factory, state):
     reports = {}
     for n in WORLD_SIZES:
         proc = subprocess.run(
-            [MPIEXEC, "-n", str(n), sys.executable, "-m", "mpi4py",
+            [mpiexec, "-n", str(n), sys.executable, "-m", "mpi4py",
              str(REPO_ROOT / "tests" / "mpi_checkpoint_scenarios.py"), "all", str(outdir)],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, env=env,
             cwd=REPO_ROOT, check=False)

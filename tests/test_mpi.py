@@ -2,16 +2,13 @@
 tests/mpi_scenarios.py (one per world size, many checks each), read back from the
 JSON each rank writes. pytest itself never runs under mpiexec."""
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("mpi4py", reason="the distributed extra (mpi4py, mpich) is not installed")
+from conftest import MPIEXEC, mpi_environment, require_mpi
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -19,22 +16,17 @@ SCENARIOS = HERE / "mpi_scenarios.py"
 TIMEOUT = 240
 
 
-def _mpiexec():
-    found = Path(sys.executable).with_name("mpiexec")
-    return str(found) if found.exists() else shutil.which("mpiexec")
+pytestmark = pytest.mark.slow
 
 
-MPIEXEC = _mpiexec()
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(MPIEXEC is None,
-                                 reason="mpiexec is not on PATH (install the mpich wheel)")]
+@pytest.fixture(scope="module", autouse=True)
+def _mpi():
+    """Skip without mpi4py/mpiexec (fail under NUMBA_ADAMAX_REQUIRE_MPI=1)."""
+    require_mpi()
 
 
 def environment():
-    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep)
-    return env
+    return mpi_environment()
 
 
 def launch(n, *args, timeout=TIMEOUT):
@@ -42,18 +34,6 @@ def launch(n, *args, timeout=TIMEOUT):
     return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, "-m", "mpi4py", *args],
                           check=False, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=timeout, env=environment(), cwd=ROOT)
-
-
-@pytest.fixture(scope="session")
-def warm_cache():
-    """Compile (or load) every kernel the scenarios run, once, in this process, so that
-    the ranks only load them from the disk cache instead of compiling side by side."""
-    code = ("import numba_adamax as na\n"
-            "from numba_adamax._warmup import all_configurations\n"
-            "for kw in all_configurations():\n"
-            "    na.warmup(('float32', 'float64'), sparse=True, parallel=False, **kw)\n")
-    subprocess.run([sys.executable, "-c", code], check=True, env=environment(),
-                   stdin=subprocess.DEVNULL, timeout=600)
 
 
 @pytest.fixture(scope="module", params=[1, 2, 3, 4], ids=lambda n: f"n{n}")

@@ -42,7 +42,8 @@ between them leaves the target absent with both complete copies beside it. A sav
 dies before the rename leaves the old checkpoint in place (and possibly its temporary
 directory, which may be deleted). A directory without a valid manifest is not a
 checkpoint. ``load`` also reads a single-file checkpoint (``na.save_state``), each rank
-slicing its pieces out of it.
+slicing its pieces out of it. ``verify`` checks a checkpoint as far as that needs no
+pieces (for an optimizer that is not built yet).
 """
 from __future__ import annotations
 
@@ -474,6 +475,37 @@ def _load_local(path, pieces, expect):
         slots, whole = _read_pieces(source, manifest, layout, pieces)
         token = manifest["token"]
     return token, copy.deepcopy(layout.header), slots, whole
+
+
+def verify(path, comm: Comm) -> dict:
+    """Check the checkpoint at ``path`` as far as that needs no pieces (collective): the
+    manifest and every shard (each rank reads every ``comm.size``-th one: signature,
+    digest, metadata, members), or the single file. Returns a copy of the header (for a
+    single file: as ``load`` gives it to ``expect``).
+
+    Raises ``CheckpointError`` on every rank for a missing, corrupted or foreign
+    checkpoint, TypeError for a bad ``path``. Mutates nothing."""
+    _check_comm(comm)
+    return together(comm, _verify_local, path, comm.rank, comm.size)
+
+
+def _verify_local(path, rank, size):
+    source = _path(path, "`path`")
+    if os.path.isdir(source):
+        manifest = _read_manifest(source)
+        layout = manifest["layout"]
+        for shard in manifest["shards"][rank::size]:
+            fragments, kept = manifest["by_file"][shard["file"]]
+            with _shard(source, manifest, shard["file"]) as archive:
+                for fragment in fragments:
+                    _member(archive, fragment, layout)
+                for entry in kept:
+                    _whole_member(archive, entry, layout)
+    elif os.path.isfile(source):
+        layout = _read_single_file(source)[1]
+    else:
+        raise CheckpointError(f"There is no checkpoint at {source!r}.")
+    return copy.deepcopy(layout.header)
 
 
 def _read_pieces(directory, manifest, layout, pieces):

@@ -8,7 +8,8 @@ from .._hyperparameters import Hyperparameters
 from ..optimizer import Adamax
 from ._collective import together
 from ._comm import Comm
-from ._sharded import ShardedState, _host, _write
+from . import _checkpoint_bridge
+from ._sharded import ShardedState, host_copy, write_host
 
 
 def _options(comm, zero_stage, reduce, deterministic):
@@ -92,7 +93,7 @@ class ShardedAdamax(Adamax):
         _agree_plan(state)
         state.set_weight_decay_exclusions(*self._exclusions)  # before a first call's step
         if self._pending_path is not None:
-            _load(state, self._pending_path)
+            _checkpoint_bridge.load(state, self._pending_path)
         return state
 
     def _adopt(self, state):
@@ -169,16 +170,24 @@ class ShardedAdamax(Adamax):
     def save_state(self, path) -> None:
         """Write a checkpoint directory: one file per rank and a manifest (collective)."""
         state = together(self._comm, self._require_built, "save_state")
-        _save(state, path)
+        _checkpoint_bridge.save(state, path)
 
     def load_state(self, path) -> None:
         """Load a checkpoint written by ``save_state`` at any world size, or a
-        ``numba_adamax.save_state`` file (collective). On an unbuilt optimizer the load
-        waits for the build."""
+        ``numba_adamax.save_state`` file (collective): this rank's slots and the counters
+        are replaced; the variables are not part of a checkpoint.
+
+        Everything is checked on every rank first: a missing, corrupted or foreign
+        checkpoint, or one of another configuration or other variables, raises
+        ``CheckpointError`` on every rank and nothing changes. On an unbuilt optimizer
+        the checkpoint is checked as far as it can be without the variables (manifest,
+        every shard's digest, the configuration) and loaded by the build (``build`` or
+        the first ``apply``), which checks it again and builds nothing if it fails."""
         if self._state is None:
+            _checkpoint_bridge.check(self._comm, self._hp, path)
             self._pending_path = path
             return
-        _load(self._state, path)
+        _checkpoint_bridge.load(self._state, path)
 
     def __getstate__(self):
         raise TypeError("A ShardedAdamax cannot be pickled or copied: it belongs to a "
@@ -219,16 +228,6 @@ def _agree_plan(state):
         raise ValueError("The ranks' variables differ (shapes, dtypes or sparse variables); "
                          "build on the same structure everywhere. Per rank: "
                          f"{[(k[1], k[2]) for k in keys]}")
-
-
-def _save(state, path):
-    from . import _checkpoint_bridge
-    _checkpoint_bridge.save(state, path)
-
-
-def _load(state, path):
-    from . import _checkpoint_bridge
-    _checkpoint_bridge.load(state, path)
 
 
 # ---------------------------------------------------------------- the functional pair
@@ -295,6 +294,6 @@ def broadcast_(params, comm, root=0) -> None:
         if isinstance(a, np.ndarray):
             comm.bcast_(a.reshape(-1), root)
         else:  # a device array, staged through a host copy
-            host = _host(a).reshape(-1)
+            host = host_copy(a).reshape(-1)
             comm.bcast_(host, root)
-            _write(a, host)
+            write_host(a, host)

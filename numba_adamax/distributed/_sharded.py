@@ -174,12 +174,12 @@ class ShardedState:
         if not var.size:
             return out.reshape(var.shape)
         if self.zero_stage == 0:
-            out[:] = _host(mine).reshape(-1)
+            out[:] = host_copy(mine).reshape(-1)
             return out.reshape(var.shape)
         counts = self._holdings(i)
         for p in self.pieces:
             if p.variable == i:
-                out[p.begin:p.end] = _host(mine).reshape(-1)
+                out[p.begin:p.end] = host_copy(mine).reshape(-1)
         self.comm.allgatherv_(out, counts)
         return out.reshape(var.shape)
 
@@ -320,7 +320,7 @@ class ShardedState:
                 continue
             end = lo + group.sizes[k]
             if kinds[i] == _DENSE:
-                buf[lo:end] = _host(arrays[i]).reshape(-1)
+                buf[lo:end] = host_copy(arrays[i]).reshape(-1)
             else:
                 buf[lo:end] = 0
         buf[end:] = 0
@@ -468,7 +468,7 @@ class ShardedState:
             backend = local.backend
             for lg, group_refs in zip(local.groups, refs):
                 partials = backend.chunk_square_partials(local, lg, group_refs, settings)
-                parts.append(_host(partials)[self._dense_chunk[lg.position]])
+                parts.append(host_copy(partials)[self._dense_chunk[lg.position]])
             if sparse:
                 local_sums = backend.new_square_sums(local)
                 owned = []
@@ -547,13 +547,13 @@ class ShardedState:
             for p in self.pieces:
                 if p.group == group.position and p.variable not in self.plan.sparse:
                     start = p.offset + p.begin
-                    buf[start:start + p.size] = _host(self.arrays[p.variable].reshape(-1)[
+                    buf[start:start + p.size] = host_copy(self.arrays[p.variable].reshape(-1)[
                         p.begin:p.end])
             self.comm.allgatherv_(buf, group.counts)
             for k, i in enumerate(group.indices):
                 if i not in self.plan.sparse and group.sizes[k]:
                     start = group.comm_offsets[k]
-                    _write(self.arrays[i], buf[start:start + group.sizes[k]])
+                    write_host(self.arrays[i], buf[start:start + group.sizes[k]])
 
     def _publish_sparse(self, changed, overwrite):
         """The owners of sparse variables broadcast what the step changed: the whole
@@ -588,7 +588,7 @@ class ShardedState:
         """Copy the EMA of every variable into ``targets`` (arrays like the variables,
         in order), gathering the pieces (collective)."""
         for i, target in enumerate(targets):
-            _write(target, self.gather_slot(i, "ema"))
+            write_host(target, self.gather_slot(i, "ema"))
 
 
 def _cpu():
@@ -596,7 +596,7 @@ def _cpu():
     return cpu
 
 
-def _host(x):
+def host_copy(x):
     """``x`` as a host array: itself when it is one, else a copy of the device array."""
     if isinstance(x, np.ndarray):
         return x
@@ -609,7 +609,7 @@ def _upload(host):
     return cuda.to_device(host)
 
 
-def _write(target, values):
+def write_host(target, values):
     """Copy the host ``values`` into the variable ``target`` (host or device), converted
     to its dtype and shape."""
     if isinstance(target, np.ndarray):
