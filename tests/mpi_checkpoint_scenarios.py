@@ -35,6 +35,7 @@ import numpy as np
 
 from numba_adamax import _checkpoint as single_file
 from numba_adamax.distributed import _checkpoint as sharded
+from numba_adamax.distributed import _checkpoint_files as shard_files
 from numba_adamax.distributed._checkpoint import Piece
 
 # --------------------------------------------------------------------------- reference data
@@ -286,8 +287,8 @@ class Scenario:
             os.mkdir(self.path(f"errors-{n}"))
         self.world.Barrier()
         self.save_synthetic(other)  # the same content, another save
-        manifest = sharded.MANIFEST
-        shard = sharded._shard_name(max(n - 2, 0), n)  # held by one loading rank only
+        manifest = shard_files.MANIFEST
+        shard = shard_files.shard_name(max(n - 2, 0), n)  # held by one loading rank only
         cases = {
             "missing shard": lambda d: os.unlink(os.path.join(d, shard)),
             "flipped shard": lambda d: _flip(os.path.join(d, shard), 0.5),
@@ -334,17 +335,17 @@ class Scenario:
         n = self.size
         target = self.path(f"crash-{n}")
         self.save_synthetic(target, seed=0, raw_steps=7)
-        original = sharded._write_manifest
+        original = shard_files.write_manifest
 
         def dies(*args, **kwargs):
             raise OSError("simulated crash before the manifest")
 
-        sharded._write_manifest = dies
+        shard_files.write_manifest = dies
         try:
             self.record("manifest write fails",
                         lambda: self.save_synthetic(target, seed=5, raw_steps=10))
         finally:
-            sharded._write_manifest = original
+            shard_files.write_manifest = original
         self.world.Barrier()
         leftovers = sorted(os.listdir(self.outdir))
         assert not [name for name in leftovers if ".tmp-" in name], leftovers

@@ -292,7 +292,7 @@ class Scenario:
     # ---------------------------------------------------------------- refusals
 
     def refusals(self):
-        from numba_adamax.distributed import _checkpoint as files
+        from numba_adamax.distributed import _checkpoint_files as files
         comm = self.MPIComm(self.world)
         good = checkpoint_name("plain", 1, 3)
         scratch = self.path("refusals")
@@ -374,17 +374,17 @@ class Scenario:
             shutil.copytree(self.path("ckpt", checkpoint_name("plain", 1, 3)), target)
         self.world.Barrier()
         digests = files_digest(target)
-        real = files._write_manifest
+        real = files.write_manifest
 
         def fail(*args):
             raise OSError("the disk went away before the manifest")
 
-        files._write_manifest = fail
+        files.write_manifest = fail
         try:
             self.refuse("refuse/crash_before_manifest", lambda: opt.save_state(target), opt,
                         params, before)
         finally:
-            files._write_manifest = real
+            files.write_manifest = real
         self.world.Barrier()
         leftovers = sorted(n for n in os.listdir(self.path("refusals")) if ".tmp-" in n)
         intact = files_digest(target) == digests

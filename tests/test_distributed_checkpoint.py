@@ -28,6 +28,7 @@ import numba_adamax as na
 from numba_adamax import _checkpoint as single_file
 from numba_adamax.distributed import SelfComm, consolidate
 from numba_adamax.distributed import _checkpoint as sharded
+from numba_adamax.distributed import _checkpoint_files as shard_files
 from numba_adamax.distributed._checkpoint import Piece
 
 WORLD_SIZES = (1, 2, 3, 4)
@@ -220,7 +221,7 @@ def test_only_the_overlapping_shard_files_are_opened(launches, tmp_path, monkeyp
     outdir, _ = launches
     copy = tmp_path / "synth-4"
     shutil.copytree(outdir / "synth-4", copy)
-    manifest = sharded._read_manifest(str(copy))
+    manifest = shard_files.read_manifest(str(copy))
     long = sc.NAMES.index("long")
     fragment = next(f for f in manifest["fragments"] if f["variable"] == long)
     pieces = [Piece(long, fragment["begin"], fragment["end"])]
@@ -462,7 +463,7 @@ def test_every_manifest_byte_is_checked(tmp_path):
         flipped[offset] ^= 0x20
         path.write_bytes(bytes(flipped))
         with pytest.raises(na.CheckpointError):
-            sharded._read_manifest(str(tmp_path / "ckpt"))
+            shard_files.read_manifest(str(tmp_path / "ckpt"))
     path.write_bytes(data)
     _load_everything(tmp_path / "ckpt")
 
@@ -489,7 +490,7 @@ def _dies(exc):
 def test_a_failed_manifest_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     _synthetic(tmp_path / "ckpt")
     before = sc.files_digest(tmp_path)
-    monkeypatch.setattr(sharded, "_write_manifest", _dies(OSError("disk full")))
+    monkeypatch.setattr(shard_files, "write_manifest", _dies(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
         _synthetic(tmp_path / "ckpt", seed=5, raw_steps=10)
     assert sc.files_digest(tmp_path) == before  # no temporary directory either
@@ -502,7 +503,7 @@ def test_a_crash_between_shards_and_manifest_keeps_the_previous_checkpoint(tmp_p
     shards without a manifest, stays next to the checkpoint, which still loads; the next
     save succeeds."""
     _synthetic(tmp_path / "ckpt")
-    monkeypatch.setattr(sharded, "_write_manifest", _dies(KeyboardInterrupt()))
+    monkeypatch.setattr(shard_files, "write_manifest", _dies(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         _synthetic(tmp_path / "ckpt", seed=5, raw_steps=10)
     monkeypatch.undo()
@@ -520,7 +521,7 @@ def test_a_crash_between_shards_and_manifest_keeps_the_previous_checkpoint(tmp_p
 def test_saving_over_a_checkpoint_replaces_it(tmp_path, monkeypatch, exchange):
     _synthetic(tmp_path / "ckpt")
     if not exchange:
-        monkeypatch.setattr(sharded, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(shard_files, "exchange", lambda a, b: False)
     _synthetic(tmp_path / "ckpt", seed=5, raw_steps=10)
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
     _load_everything(tmp_path / "ckpt", seed=5, raw_steps=10)
@@ -530,14 +531,14 @@ def test_the_commit_is_one_atomic_exchange_on_linux(tmp_path, monkeypatch):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "x").touch()
-    if not sharded._exchange(str(tmp_path / "a"), str(tmp_path / "b")):
+    if not shard_files.exchange(str(tmp_path / "a"), str(tmp_path / "b")):
         pytest.skip("this system or file system cannot exchange two directories atomically")
     assert os.listdir(tmp_path / "b") == ["x"] and os.listdir(tmp_path / "a") == []
     shutil.rmtree(tmp_path / "a")
     shutil.rmtree(tmp_path / "b")
     _synthetic(tmp_path / "ckpt")
     renames = []
-    monkeypatch.setattr(sharded.os, "rename", lambda *a: renames.append(a))
+    monkeypatch.setattr(shard_files.os, "rename", lambda *a: renames.append(a))
     _synthetic(tmp_path / "ckpt", seed=5, raw_steps=10)
     assert renames == []  # neither moved aside nor missing at any moment
     _load_everything(tmp_path / "ckpt", seed=5, raw_steps=10)
@@ -726,7 +727,7 @@ def test_consolidate_is_exported():
 def test_a_failed_second_rename_puts_the_previous_checkpoint_back(tmp_path, monkeypatch):
     _synthetic(tmp_path / "ckpt")
     before = sc.files_digest(tmp_path)
-    monkeypatch.setattr(sharded, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(shard_files, "exchange", lambda a, b: False)
     rename, calls = os.rename, []
 
     def second_fails(a, b):
@@ -735,7 +736,7 @@ def test_a_failed_second_rename_puts_the_previous_checkpoint_back(tmp_path, monk
             raise OSError("simulated failure of the second rename")
         rename(a, b)
 
-    monkeypatch.setattr(sharded.os, "rename", second_fails)
+    monkeypatch.setattr(shard_files.os, "rename", second_fails)
     with pytest.raises(OSError, match="second rename"):
         _synthetic(tmp_path / "ckpt", seed=5, raw_steps=10)
     monkeypatch.undo()

@@ -245,7 +245,7 @@ class _Killed(BaseException):
 
 def test_a_save_killed_between_shards_and_manifest_leaves_the_previous_checkpoint(
         tmp_path, monkeypatch):
-    from numba_adamax.distributed import _checkpoint as files
+    from numba_adamax.distributed import _checkpoint_files as files
     comm = nad.SelfComm()
     params = sc.variables("accumulate")
     opt = sc.sharded(comm, "accumulate")
@@ -258,7 +258,7 @@ def test_a_save_killed_between_shards_and_manifest_leaves_the_previous_checkpoin
     def killed(*args):
         raise _Killed
 
-    monkeypatch.setattr(files, "_write_manifest", killed)
+    monkeypatch.setattr(files, "write_manifest", killed)
     with pytest.raises(_Killed):
         opt.save_state(tmp_path / "ckpt")
     monkeypatch.undo()
