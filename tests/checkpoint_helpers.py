@@ -6,6 +6,7 @@ exact-resume test: for every case written by ``save_first_halves(DIR)`` it rebui
 variables and the optimizer in this fresh process, loads the checkpoint file, runs the
 remaining calls and writes the results to ``DIR/resumed.npz``.
 """
+import hashlib
 import json
 import os
 import sys
@@ -31,6 +32,17 @@ RESUME_CONFIGS["skip_nonfinite_accum"] = Config({"learning_rate": 0.05, "nonfini
 RESUME_CONFIGS["skip_nonfinite_clipnorm"] = Config({"learning_rate": 0.05, "nonfinite": "skip",
                                                     "clipnorm": 0.5})
 APIS = ("class", "functional")
+
+
+def files_digest(directory):
+    """Every file under ``directory`` with the SHA-256 of its bytes."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out
 
 
 def problem(name):

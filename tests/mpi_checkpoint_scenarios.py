@@ -24,7 +24,6 @@ Each rank writes ``OUTDIR/report-N-rank<r>.json``: per case, the exception type 
 message it saw (or ``"ok"``). The reference data and layouts are functions of their
 seeds, shared with the test through this module.
 """
-import hashlib
 import itertools
 import json
 import os
@@ -32,6 +31,7 @@ import shutil
 import sys
 
 import numpy as np
+from checkpoint_helpers import files_digest
 
 from numba_adamax import _checkpoint as single_file
 from numba_adamax.distributed import _checkpoint as sharded
@@ -179,17 +179,6 @@ def check_loaded(result, pieces, full, whole_expected, header_expected):
         assert sorted(whole[v]) == sorted(arrays)
         for key, array in arrays.items():
             assert bit_equal(whole[v][key], array), (v, key)
-
-
-def files_digest(directory):
-    """Every file under ``directory`` with the SHA-256 of its bytes."""
-    out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 # --------------------------------------------------------------------------- the cases

@@ -35,6 +35,7 @@ import shutil
 import sys
 
 import numpy as np
+from checkpoint_helpers import files_digest
 
 import numba_adamax as na
 
@@ -170,17 +171,6 @@ def expected(config, steps):
 
 def checkpoint_name(config, stage, n):
     return f"{config}-z{stage}-n{n}"
-
-
-def files_digest(directory):
-    """Every file under ``directory`` with the SHA-256 of its bytes."""
-    out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def saved_checkpoints():
