@@ -236,7 +236,7 @@ class ShardedState:
                              f"(variables not dense): {[describe(p) for p in patterns]}")
         return grads, kinds
 
-    def settings_digest(self):
+    def settings_digest(self) -> str:
         """The digest of the settings in force, recomputed only when the settings object
         or its ``revision`` changed since the last call; caches it."""
         hp = self.hyperparameters
