@@ -363,6 +363,98 @@ def case_errors(out):
                                        and state.iterations == opt3.iterations == 1, ""))
     record("functional_rejects_state", expect(TypeError, "ShardedState",
                                               lambda: nad.step(params, g, object())))
+    out.extend(settings_change_checks())
+
+
+#: (setting, value in force, value one rank assigns later, through the class or the
+#: functional state)
+SETTING_CHANGES = [("learning_rate", 0.01, 0.1, "class"), ("clipnorm", None, 2.0, "class"),
+                   ("weight_decay", 0.004, 0.0, "class"), ("beta_1", 0.9, 0.8, "functional")]
+
+
+def settings_change_checks():
+    """After two steps, rank 1 alone assigns another value to one setting: the next
+    call raises the same ValueError on every rank, naming the setting and its values
+    per rank, and changes nothing; once rank 1 sets it back, the call runs and equals
+    one process. The record's ``detail`` is the message, ``digest`` the parameters'."""
+    out = []
+    shapes = {"a": (1500,), "b": (2000,)}
+    for setting, value, other, api in SETTING_CHANGES:
+        kwargs = {"learning_rate": 0.01, setting: value}
+        params = na.FlatBuffer(shapes, np.float32)
+        params.data[:] = np.random.default_rng(3).standard_normal(params.data.size)
+        ref_params = na.FlatBuffer(shapes, np.float32)
+        ref_params.data[:] = params.data
+        ref = na.Adamax(**kwargs)
+        if api == "class":
+            opt = nad.ShardedAdamax(COMM, zero_stage=1, deterministic=True, **kwargs)
+            hp = opt._hp
+
+            def call(g, opt=opt, params=params):
+                opt.apply(g, params)
+        else:
+            state = nad.init(params, COMM, zero_stage=1, deterministic=True, **kwargs)
+            opt = ShardedView(state)
+            hp = state.hyperparameters
+
+            def call(g, state=state, params=params):
+                nad.step(params, g, state)
+
+        def step(k, sharded=True, ref_too=True):
+            per_rank = [np.random.default_rng([11, k, r]).standard_normal(
+                params.data.size).astype(np.float32) for r in range(SIZE)]
+            g = params.zeros_like()
+            g.data[:] = per_rank[RANK]
+            total = ref_params.zeros_like()
+            total.data[:] = per_rank[0]
+            for r in range(1, SIZE):
+                np.add(total.data, per_rank[r], out=total.data)
+            np.divide(total.data, SIZE, out=total.data)
+            if sharded:
+                call(g)
+            if ref_too:
+                ref.apply(total, ref_params)
+
+        step(0)
+        step(1)
+        before = digest([params.data])
+        if RANK == 1:
+            setattr(opt if api == "class" else hp, setting, other)
+        outcome = expect(ValueError, setting, lambda: step(2, ref_too=False)) \
+            if SIZE > 1 else (True, "one rank")
+        named = SIZE == 1 or all(str(v) in outcome[1] for v in (value, other))
+        unchanged = digest([params.data]) == before and not compare(
+            opt, ref, list(params.arrays), list(ref_params.arrays))
+        if RANK == 1:
+            setattr(opt if api == "class" else hp, setting, value)
+        step(2)
+        bad = compare(opt, ref, list(params.arrays), list(ref_params.arrays))
+        out.append({"name": f"setting_changed_{setting}", "exact": outcome[0] and named
+                    and unchanged and not bad, "close": outcome[0], "detail": outcome[1],
+                    "digest": digest([params.data]), "mismatches": bad[:4]})
+    return out
+
+
+class ShardedView:
+    """The slots and counters of a functional ``ShardedState``, as ``compare`` reads
+    an optimizer."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def get_slot_names(self):
+        return self.state.slot_names()
+
+    def gather_slot(self, variable, slot):
+        return self.state.gather_slot(self.state.index_of(variable), slot)
+
+    @property
+    def iterations(self):
+        return self.state.iterations
+
+    @property
+    def skipped_steps(self):
+        return self.state.skipped_steps
 
 
 def case_fail(out):

@@ -220,3 +220,72 @@ def test_a_communicator_is_required():
         nad.init([np.zeros(3, np.float32)], object())
     with pytest.raises(TypeError, match="ShardedState"):
         nad.step([np.zeros(3)], [np.zeros(3)], object())
+
+
+def test_the_settings_digest_is_recomputed_only_when_a_setting_changes(monkeypatch):
+    """One process: the per-call digest of the settings is cached on the state; a call
+    with unchanged settings does not recompute it, an assignment (the class or the
+    functional state's ``hyperparameters``) does, and a change of value changes it."""
+    from numba_adamax.distributed import _collective, _sharded
+    calls = []
+
+    def counting(hp):
+        calls.append(hp.revision)
+        return _collective.settings_digest(hp)
+
+    monkeypatch.setattr(_sharded, "settings_digest", counting)
+    params = na.FlatBuffer({"a": (30,), "b": (4,)}, np.float32)
+    opt = nad.ShardedAdamax(nad.SelfComm(), learning_rate=0.1)
+    grads = params.zeros_like()
+    grads.data[:] = 1.0
+    opt.apply(grads, params)
+    opt.apply(grads, params)
+    assert len(calls) == 1
+    first = opt._state.settings_digest()
+    assert len(calls) == 1
+    opt.clipnorm = 2.0
+    opt.apply(grads, params)
+    assert len(calls) == 2 and opt._state.settings_digest() != first
+    opt.clipnorm = None  # back to the first settings: a new revision, the same digest
+    assert opt._state.settings_digest() == first and len(calls) == 3
+    opt.learning_rate = 0.1  # the same value assigned again: recomputed, unchanged
+    assert opt._state.settings_digest() == first and len(calls) == 4
+    opt.apply(grads, params)
+    assert len(calls) == 4 and opt.iterations == 4
+    # a schedule is digested by its config; a callable by its name
+    opt.learning_rate = na.schedules.ExponentialDecay(0.1, 10, 0.5)
+    schedule = opt._state.settings_digest()
+    opt.learning_rate = na.schedules.ExponentialDecay(0.1, 10, 0.25)
+    assert opt._state.settings_digest() not in (first, schedule)
+    # the functional state
+    state = nad.init(params, nad.SelfComm(), beta_1=0.9)
+    nad.step(params, grads, state)
+    before = len(calls)
+    nad.step(params, grads, state)
+    assert len(calls) == before
+    digest = state.settings_digest()
+    state.hyperparameters.beta_1 = 0.8
+    assert state.settings_digest() != digest and len(calls) == before + 1
+
+
+def test_the_settings_mismatch_error_names_each_setting_and_its_values_per_rank():
+    """The failure path's message (each rank's settings record gathered): only the
+    settings that differ, with every rank's value."""
+    from numba_adamax._hyperparameters import Hyperparameters
+    from numba_adamax.distributed._collective import settings_differ, settings_record
+
+    class Gathered(nad.SelfComm):
+        """Three ranks' records, of which this process is rank 0."""
+
+        def allgather_object(self, obj):
+            other = Hyperparameters(learning_rate=0.1, clipnorm=2.0, beta_1=0.8)
+            return [obj, settings_record(other), obj]
+
+    error = settings_differ(Gathered(), Hyperparameters(learning_rate=0.1))
+    assert isinstance(error, ValueError)
+    message = str(error)
+    assert "beta_1 (per rank: [0.9, 0.8, 0.9])" in message
+    assert "clipnorm (per rank: [None, 2.0, None])" in message
+    assert "learning_rate" not in message and "epsilon" not in message
+    rate = settings_record(Hyperparameters(learning_rate=lambda: 0.1))["learning_rate"]
+    assert rate.startswith("<callable ")

@@ -99,6 +99,29 @@ def test_nonfinite_sparse_memory_and_agreed_errors(results):
         assert not failed
 
 
+SETTINGS = ("learning_rate", "clipnorm", "weight_decay", "beta_1")
+
+
+def test_a_setting_changed_on_one_rank_is_refused_at_the_next_call(results):
+    """After two steps rank 1 alone assigns another ``learning_rate``, ``clipnorm``,
+    ``weight_decay`` (class) or ``beta_1`` (functional state): the next call raises the
+    same ValueError on every rank, naming the setting and its value per rank, with
+    params, slots and counters unchanged; set back, the call runs and equals one
+    process."""
+    n, per_rank = results
+    records = [{c["name"]: c for c in checks} for checks in per_rank]
+    for setting in SETTINGS:
+        name = f"setting_changed_{setting}"
+        mine = [r[name] for r in records]
+        for c in mine:
+            assert c["exact"], (name, c["detail"], c["mismatches"])
+        assert len({c["detail"] for c in mine}) == 1  # the same message on every rank
+        assert len({c["digest"] for c in mine}) == 1
+        if n > 1:
+            assert mine[0]["detail"].startswith("The optimizer settings differ")
+            assert f"{setting} (per rank: [" in mine[0]["detail"]
+
+
 def test_a_failing_rank_ends_the_job_well_inside_the_timeout(warm_cache, tmp_path):
     started = time.perf_counter()
     done = launch(3, str(SCENARIOS), "fail", str(tmp_path), timeout=60)

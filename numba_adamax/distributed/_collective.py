@@ -3,9 +3,21 @@
 A distributed call validates locally, then every rank learns whether any rank failed
 and raises the same exception (the lowest failing rank's type and message), so no rank
 goes on into a collective the others have left, and nothing is written anywhere.
+
+The settings in force are agreed the same way: each call folds a digest of them
+(``settings_digest``) into its first exchange, and a mismatch raises on every rank.
 """
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
 
 from .._checkpoint import CheckpointError
+
+if TYPE_CHECKING:
+    from .._hyperparameters import Hyperparameters
+    from ._comm import Comm
 
 #: Exception types a local check may raise and that are re-raised on every rank. Any
 #: other exception is a bug: it propagates on its rank only and, under the documented
@@ -48,3 +60,41 @@ def _rebuild(kind, message):
         return kind(message)
     except Exception:  # noqa: BLE001 -- an exception type whose constructor takes other arguments
         return ValueError(message)
+
+
+# ---------------------------------------------------------------- the settings in force
+
+
+def settings_record(hyperparameters: Hyperparameters) -> dict[str, Any]:
+    """Every setting of ``hyperparameters`` as JSON-able values: the ``get_config()``
+    keys plus ``decay`` and ``nonfinite``, a schedule as its config, a callable
+    learning rate by its name (its values are compared per call instead). Mutates
+    nothing."""
+    from .._hyperparameters import _setting_text
+    from ..schedules import LearningRateSchedule
+    record = hyperparameters.get_config()
+    record.setdefault("decay", None)
+    record.setdefault("nonfinite", hyperparameters.nonfinite)
+    rate = hyperparameters.learning_rate
+    if callable(rate) and not isinstance(rate, LearningRateSchedule):
+        record["learning_rate"] = _setting_text(rate)
+    return record
+
+
+def settings_digest(hyperparameters: Hyperparameters) -> str:
+    """A short hash of ``settings_record(hyperparameters)``: equal on two ranks exactly
+    when their settings are."""
+    text = json.dumps(settings_record(hyperparameters), sort_keys=True, default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def settings_differ(comm: Comm, hyperparameters: Hyperparameters) -> ValueError:
+    """The error for ranks whose settings digests differ (collective: every rank's
+    record is gathered): names each differing setting with its value per rank."""
+    everyone = comm.allgather_object(settings_record(hyperparameters))
+    keys = sorted(set().union(*everyone))
+    differing = [f"{key} (per rank: {[r.get(key) for r in everyone]})" for key in keys
+                 if any(r.get(key) != everyone[0].get(key) for r in everyone)]
+    return ValueError("The optimizer settings differ across the ranks: "
+                      f"{'; '.join(differing) or 'their digests differ'}. Set them to the "
+                      "same values on every rank before the next call; nothing was changed.")

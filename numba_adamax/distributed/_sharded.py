@@ -13,8 +13,9 @@ the single-process order.
 
 A call (``prepare`` then ``run``) is collective:
 
-1. every rank checks its arguments; the outcome, the None/sparse pattern and the plan
-   are agreed, and any failure raises on every rank before anything changes;
+1. every rank checks its arguments; the outcome, the None/sparse pattern, a digest of
+   the settings in force and the plan are agreed, and any failure raises on every rank
+   before anything changes;
 2. per dtype group the dense gradients are summed: reduce-scatter (stage 1) or
    allreduce (stage 0), or with ``deterministic`` an all-to-all of the pieces folded
    in rank order; ``reduce="mean"`` then divides by N. Sparse gradients go to the
@@ -34,7 +35,7 @@ from .. import _validation as check
 from .._flat_buffer import FlatBuffer
 from .._indexed_slices import IndexedSlices
 from ..functional import match
-from ._collective import together, together_sharing
+from ._collective import settings_differ, settings_digest, together, together_sharing
 from ._plan import ShardPlan, sparse_indices
 
 _NONE, _DENSE, _SPARSE = 0, 1, 2
@@ -91,6 +92,8 @@ class ShardedState:
         self.local = self._local_state(hp) if self.pieces else None
         self._scratch = {}
         self._kinds = None  # the gradient pattern of the call in progress
+        self._digest_of = (None, -1)  # the settings object and revision ``_digest`` is of
+        self._digest = None
 
     # ------------------------------------------------------------ construction
 
@@ -215,11 +218,15 @@ class ShardedState:
         """Check one call's arguments on every rank and agree on them (collective);
         returns the per-variable gradients (or the ``FlatBuffer``) and their pattern.
         Raises the same ``TypeError``/``ValueError`` on every rank when any rank's
-        arguments are wrong, or when the ranks' gradient patterns differ. Mutates
-        nothing."""
-        (grads, kinds), patterns = together_sharing(
-            self.comm, self._check_call, lambda checked: checked[1], grads, variables,
-            argument, in_order)
+        arguments are wrong, when the ranks' settings differ (the digest of each rank's
+        settings travels in the same exchange), or when the ranks' gradient patterns
+        differ. Mutates nothing."""
+        (grads, kinds), shared = together_sharing(
+            self.comm, self._check_call, lambda checked: (checked[1], self.settings_digest()),
+            grads, variables, argument, in_order)
+        if any(digest != shared[0][1] for _, digest in shared):
+            raise settings_differ(self.comm, self.hyperparameters)
+        patterns = [pattern for pattern, _ in shared]
         if any(p != kinds for p in patterns):
             def describe(p):
                 return {self.names[i]: ("None", "dense", "IndexedSlices")[k]
@@ -228,6 +235,16 @@ class ShardedState:
                              "sparse one; every rank must pass the same pattern. Per rank "
                              f"(variables not dense): {[describe(p) for p in patterns]}")
         return grads, kinds
+
+    def settings_digest(self) -> str:
+        """The digest of the settings in force, recomputed only when the settings object
+        or its ``revision`` changed since the last call; caches it."""
+        hp = self.hyperparameters
+        cached_hp, revision = self._digest_of
+        if cached_hp is not hp or revision != hp.revision:
+            self._digest = settings_digest(hp)
+            self._digest_of = (hp, hp.revision)
+        return self._digest
 
     def _check_call(self, grads, variables, argument, in_order):
         grads, _ = match(self, grads, variables, argument=argument, in_order=in_order)
