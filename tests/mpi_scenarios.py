@@ -369,7 +369,8 @@ def case_errors(out):
 #: (setting, value in force, value one rank assigns later, through the class or the
 #: functional state)
 SETTING_CHANGES = [("learning_rate", 0.01, 0.1, "class"), ("clipnorm", None, 2.0, "class"),
-                   ("weight_decay", 0.004, 0.0, "class"), ("beta_1", 0.9, 0.8, "functional")]
+                   ("weight_decay", 0.004, 0.0, "class"), ("beta_1", 0.9, 0.8, "functional"),
+                   ("excluded_from_weight_decay", [], ["a"], "class")]
 
 
 def settings_change_checks():
@@ -380,12 +381,21 @@ def settings_change_checks():
     out = []
     shapes = {"a": (1500,), "b": (2000,)}
     for setting, value, other, api in SETTING_CHANGES:
-        kwargs = {"learning_rate": 0.01, setting: value}
+        exclusions = setting == "excluded_from_weight_decay"
+        kwargs = ({"learning_rate": 0.01, "weight_decay": 0.004} if exclusions
+                  else {"learning_rate": 0.01, setting: value})
         params = na.FlatBuffer(shapes, np.float32)
         params.data[:] = np.random.default_rng(3).standard_normal(params.data.size)
         ref_params = na.FlatBuffer(shapes, np.float32)
         ref_params.data[:] = params.data
         ref = na.Adamax(**kwargs)
+
+        def assign(new, opt=None, hp=None):
+            if exclusions:
+                opt.exclude_from_weight_decay(var_names=new or None)
+            else:
+                setattr(opt if api == "class" else hp, setting, new)
+
         if api == "class":
             opt = nad.ShardedAdamax(COMM, zero_stage=1, deterministic=True, **kwargs)
             hp = opt._hp
@@ -419,14 +429,14 @@ def settings_change_checks():
         step(1)
         before = digest([params.data])
         if RANK == 1:
-            setattr(opt if api == "class" else hp, setting, other)
+            assign(other, opt, hp)
         outcome = expect(ValueError, setting, lambda: step(2, ref_too=False)) \
             if SIZE > 1 else (True, "one rank")
         named = SIZE == 1 or all(str(v) in outcome[1] for v in (value, other))
         unchanged = digest([params.data]) == before and not compare(
             opt, ref, list(params.arrays), list(ref_params.arrays))
         if RANK == 1:
-            setattr(opt if api == "class" else hp, setting, value)
+            assign(value, opt, hp)
         step(2)
         bad = compare(opt, ref, list(params.arrays), list(ref_params.arrays))
         out.append({"name": f"setting_changed_{setting}", "exact": outcome[0] and named

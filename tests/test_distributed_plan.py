@@ -229,9 +229,9 @@ def test_the_settings_digest_is_recomputed_only_when_a_setting_changes(monkeypat
     from numba_adamax.distributed import _collective, _sharded
     calls = []
 
-    def counting(hp):
+    def counting(hp, excluded=()):
         calls.append(hp.revision)
-        return _collective.settings_digest(hp)
+        return _collective.settings_digest(hp, excluded)
 
     monkeypatch.setattr(_sharded, "settings_digest", counting)
     params = na.FlatBuffer({"a": (30,), "b": (4,)}, np.float32)
@@ -252,6 +252,14 @@ def test_the_settings_digest_is_recomputed_only_when_a_setting_changes(monkeypat
     assert opt._state.settings_digest() == first and len(calls) == 4
     opt.apply(grads, params)
     assert len(calls) == 4 and opt.iterations == 4
+    # the weight-decay exclusions are part of what the ranks agree on
+    opt.exclude_from_weight_decay(var_names=["a"])
+    excluded = opt._state.settings_digest()
+    assert excluded != first and len(calls) == 5
+    opt.apply(grads, params)
+    assert len(calls) == 5
+    opt.exclude_from_weight_decay()
+    assert opt._state.settings_digest() == first and len(calls) == 6
     # a schedule is digested by its config; a callable by its name
     opt.learning_rate = na.schedules.ExponentialDecay(0.1, 10, 0.5)
     schedule = opt._state.settings_digest()

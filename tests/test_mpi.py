@@ -99,12 +99,13 @@ def test_nonfinite_sparse_memory_and_agreed_errors(results):
         assert not failed
 
 
-SETTINGS = ("learning_rate", "clipnorm", "weight_decay", "beta_1")
+SETTINGS = ("learning_rate", "clipnorm", "weight_decay", "beta_1", "excluded_from_weight_decay")
 
 
 def test_a_setting_changed_on_one_rank_is_refused_at_the_next_call(results):
     """After two steps rank 1 alone assigns another ``learning_rate``, ``clipnorm``,
-    ``weight_decay`` (class) or ``beta_1`` (functional state): the next call raises the
+    ``weight_decay``, the weight-decay exclusions (class) or ``beta_1`` (functional
+    state): the next call raises the
     same ValueError on every rank, naming the setting and its value per rank, with
     params, slots and counters unchanged; set back, the call runs and equals one
     process."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._checkpoint import CheckpointError
@@ -65,11 +66,12 @@ def _rebuild(kind, message):
 # ---------------------------------------------------------------- the settings in force
 
 
-def settings_record(hyperparameters: Hyperparameters) -> dict[str, Any]:
+def settings_record(hyperparameters: Hyperparameters,
+                    excluded: Sequence[str] = ()) -> dict[str, Any]:
     """Every setting of ``hyperparameters`` as JSON-able values: the ``get_config()``
     keys plus ``decay`` and ``nonfinite``, a schedule as its config, a callable
-    learning rate by its name (its values are compared per call instead). Mutates
-    nothing."""
+    learning rate by its name (its values are compared per call instead), and the
+    names of the variables ``excluded`` from weight decay. Mutates nothing."""
     from .._hyperparameters import _setting_text
     from ..schedules import LearningRateSchedule
     record = hyperparameters.get_config()
@@ -78,20 +80,23 @@ def settings_record(hyperparameters: Hyperparameters) -> dict[str, Any]:
     rate = hyperparameters.learning_rate
     if callable(rate) and not isinstance(rate, LearningRateSchedule):
         record["learning_rate"] = _setting_text(rate)
+    record["excluded_from_weight_decay"] = list(excluded)
     return record
 
 
-def settings_digest(hyperparameters: Hyperparameters) -> str:
-    """A short hash of ``settings_record(hyperparameters)``: equal on two ranks exactly
-    when their settings are."""
-    text = json.dumps(settings_record(hyperparameters), sort_keys=True, default=repr)
+def settings_digest(hyperparameters: Hyperparameters, excluded: Sequence[str] = ()) -> str:
+    """A short hash of ``settings_record(hyperparameters, excluded)``: equal on two ranks
+    exactly when their settings are."""
+    text = json.dumps(settings_record(hyperparameters, excluded), sort_keys=True,
+                      default=repr)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def settings_differ(comm: Comm, hyperparameters: Hyperparameters) -> ValueError:
+def settings_differ(comm: Comm, hyperparameters: Hyperparameters,
+                    excluded: Sequence[str] = ()) -> ValueError:
     """The error for ranks whose settings digests differ (collective: every rank's
     record is gathered): names each differing setting with its value per rank."""
-    everyone = comm.allgather_object(settings_record(hyperparameters))
+    everyone = comm.allgather_object(settings_record(hyperparameters, excluded))
     keys = sorted(set().union(*everyone))
     differing = [f"{key} (per rank: {[r.get(key) for r in everyone]})" for key in keys
                  if any(r.get(key) != everyone[0].get(key) for r in everyone)]

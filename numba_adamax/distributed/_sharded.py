@@ -206,8 +206,12 @@ class ShardedState:
     set_weight_decay_exclusions = _state.AdamaxState.set_weight_decay_exclusions
 
     def set_weight_decay_mask(self, mask):
-        """Set the mask (one bool per variable) and this rank's pieces' flags."""
-        self.weight_decay_mask = [bool(m) for m in mask]
+        """Set the mask (one bool per variable) and this rank's pieces' flags; a changed
+        mask makes the next call compute its settings digest afresh."""
+        mask = [bool(m) for m in mask]
+        if mask != self.weight_decay_mask:
+            self._digest_of = (None, -1)
+        self.weight_decay_mask = mask
         if self.local is not None:
             self.local.set_weight_decay_mask([self.weight_decay_mask[p.variable]
                                               for p in self.pieces])
@@ -225,7 +229,7 @@ class ShardedState:
             self.comm, self._check_call, lambda checked: (checked[1], self.settings_digest()),
             grads, variables, argument, in_order)
         if any(digest != shared[0][1] for _, digest in shared):
-            raise settings_differ(self.comm, self.hyperparameters)
+            raise settings_differ(self.comm, self.hyperparameters, self._excluded())
         patterns = [pattern for pattern, _ in shared]
         if any(p != kinds for p in patterns):
             def describe(p):
@@ -237,14 +241,19 @@ class ShardedState:
         return grads, kinds
 
     def settings_digest(self) -> str:
-        """The digest of the settings in force, recomputed only when the settings object
-        or its ``revision`` changed since the last call; caches it."""
+        """The digest of the settings in force and the weight-decay exclusions,
+        recomputed only when the settings object or its ``revision`` changed since the
+        last call, or the exclusions were set again; caches it."""
         hp = self.hyperparameters
         cached_hp, revision = self._digest_of
         if cached_hp is not hp or revision != hp.revision:
-            self._digest = settings_digest(hp)
+            self._digest = settings_digest(hp, self._excluded())
             self._digest_of = (hp, hp.revision)
         return self._digest
+
+    def _excluded(self):
+        """The names of the variables excluded from weight decay."""
+        return [n for n, decays in zip(self.names, self.weight_decay_mask) if not decays]
 
     def _check_call(self, grads, variables, argument, in_order):
         grads, _ = match(self, grads, variables, argument=argument, in_order=in_order)
