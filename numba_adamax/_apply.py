@@ -269,17 +269,27 @@ def run(state, grads, passed=None):
     ``grads`` is a ``FlatBuffer`` ``match`` accepted); anything else (a missing or
     sparse gradient, one that needs the detailed checks) takes the general path,
     which raises before any write. Mutates the variables, slots and counters."""
+    def refs(fast):
+        return None if passed is not None else fast.gradient_refs(state, grads)
+
+    _fast_or_general(state, refs, lambda: commit(prepare(state, grads, passed)))
+
+
+def _fast_or_general(state, fast_refs, general):
+    """Run one call through the state's ``FastStep`` when it is current and
+    ``fast_refs(fast)`` locates the gradients (not None), else through ``general()``;
+    after a general call made under other settings, attach a ``FastStep`` for the
+    settings now in force. Mutates the variables, slots and counters."""
     fast = state.fast_step
-    if fast is not None and fast.matches(state):
-        if fast.calls is not None and passed is None:
-            refs = fast.gradient_refs(state, grads)
-            if refs is not None:
-                fast(state, refs)
-                return
-        commit(prepare(state, grads, passed))
+    if fast is None or not fast.matches(state):
+        general()
+        FastStep.attach(state)
         return
-    commit(prepare(state, grads, passed))
-    FastStep.attach(state)
+    refs = fast_refs(fast) if fast.calls is not None else None
+    if refs is None:
+        general()
+    else:
+        fast(state, refs)
 
 
 class FastStep:
@@ -423,13 +433,6 @@ class BoundStep:
                                  f"{g.dtype}; its variable has shape {shape} and dtype "
                                  f"{dtype}. Bind again.")
         state = self.state
-        fast = state.fast_step
-        if fast is not None and fast.matches(state):
-            if fast.calls is not None:
-                fast(state, self._refs)
-            else:
-                commit(prepare(state, self.grads, refs=self._refs))
-            return state
-        commit(prepare(state, self.grads, refs=self._refs))
-        FastStep.attach(state)
+        _fast_or_general(state, lambda fast: self._refs,
+                         lambda: commit(prepare(state, self.grads, refs=self._refs)))
         return state
