@@ -175,6 +175,19 @@ class MPIComm(Comm):
         self.comm.Bcast(_host(buf), root=root)
 
 
+def allgather_concat(comm, send):
+    """Every rank's 1-D ``send`` (any lengths, one dtype) concatenated in rank order, on
+    every rank, with the list of lengths (collective: one small object all-gather, then
+    ``comm.allgatherv_``). Mutates nothing."""
+    send = np.ascontiguousarray(send)
+    lengths = comm.allgather_object(int(send.size))
+    out = np.empty(sum(lengths), send.dtype)
+    start = sum(lengths[:comm.rank])
+    out[start:start + send.size] = send
+    comm.allgatherv_(out, lengths)
+    return out, lengths
+
+
 def _layout(counts):
     """``(counts, displacements)`` as lists of ints, blocks back to back."""
     counts = [int(c) for c in counts]

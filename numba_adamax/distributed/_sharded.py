@@ -36,6 +36,7 @@ from .._flat_buffer import FlatBuffer
 from .._indexed_slices import IndexedSlices
 from ..functional import match
 from ._collective import settings_differ, settings_digest, together, together_sharing
+from ._comm import allgather_concat
 from ._plan import ShardPlan, sparse_indices
 
 _NONE, _DENSE, _SPARSE = 0, 1, 2
@@ -418,8 +419,8 @@ class ShardedState:
                 if comm.rank != root:
                     continue
             else:
-                indices = _allgatherv(comm, indices)
-                values = _allgatherv(comm, values)
+                indices, _ = allgather_concat(comm, indices)
+                values, _ = allgather_concat(comm, values)
             if self.reduce == "mean":
                 np.divide(values, comm.size, out=values)
             out[i] = IndexedSlices(values.reshape(indices.size, *var.shape[1:]), indices)
@@ -643,16 +644,6 @@ def write_host(target, values):
         return
     device = _devices.as_device_array(target)
     device.copy_to_device(np.ascontiguousarray(values, dtype=device.dtype).reshape(device.shape))
-
-
-def _allgatherv(comm, send):
-    """Every rank's 1-D ``send`` concatenated in rank order, on every rank."""
-    lengths = comm.allgather_object(int(send.size))
-    out = np.empty(sum(lengths), send.dtype)
-    start = sum(lengths[:comm.rank])
-    out[start:start + send.size] = send
-    comm.allgatherv_(out, lengths)
-    return out
 
 
 class _Chunks:

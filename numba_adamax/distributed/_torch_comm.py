@@ -8,7 +8,7 @@ per rank.
 """
 import numpy as np
 
-from ._comm import Comm, _check_counts, _check_root, _layout
+from ._comm import Comm, _check_counts, _check_root, _layout, allgather_concat
 
 
 class TorchComm(Comm):
@@ -96,13 +96,8 @@ class TorchComm(Comm):
 
     def gatherv(self, send, root=0):
         _check_root(root, self.size)
-        send = np.ascontiguousarray(send)
-        lengths = self.allgather_object(int(send.size))
-        buf = np.zeros(sum(lengths), send.dtype)
-        start = sum(lengths[:self.rank])
-        buf[start:start + send.size] = send
-        self.allgatherv_(buf, lengths)
-        return (buf if self.rank == root else None), lengths
+        out, lengths = allgather_concat(self, send)  # gloo has no uneven gather
+        return (out if self.rank == root else None), lengths
 
     def bcast_(self, buf, root=0):
         _check_root(root, self.size)
