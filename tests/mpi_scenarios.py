@@ -63,18 +63,19 @@ def gradients(seed, step, rank, shapes, dtypes, none=()):
 def folded(seed, step, shapes, dtypes, reduce, none=()):
     """Every rank's gradients added in rank order (divided by N for ``"mean"``)."""
     per_rank = [gradients(seed, step, r, shapes, dtypes, none) for r in range(SIZE)]
-    out = []
-    for i in range(len(shapes)):
-        if per_rank[0][i] is None:
-            out.append(None)
-            continue
-        total = per_rank[0][i].copy()
-        for r in range(1, SIZE):
-            np.add(total, per_rank[r][i], out=total)
-        if reduce == "mean":
-            np.divide(total, SIZE, out=total)
-        out.append(total)
-    return out
+    return [None if per_rank[0][i] is None else rank_order(
+        [grads[i] for grads in per_rank], reduce) for i in range(len(shapes))]
+
+
+def rank_order(per_rank, reduce):
+    """A new array: ``per_rank[0] + per_rank[1] + ...`` in that order, divided by their
+    number for ``"mean"``."""
+    total = per_rank[0].copy()
+    for other in per_rank[1:]:
+        np.add(total, other, out=total)
+    if reduce == "mean":
+        np.divide(total, len(per_rank), out=total)
+    return total
 
 
 def quiet(make):
@@ -209,10 +210,7 @@ def nonfinite_checks():
                     per_rank[-1][BIG_OFFSET + 2000] = np.nan
                 g.data[:] = per_rank[RANK]
                 rg = ref_params.zeros_like()
-                rg.data[:] = per_rank[0]
-                for r in range(1, SIZE):
-                    np.add(rg.data, per_rank[r], out=rg.data)
-                np.divide(rg.data, SIZE, out=rg.data)
+                rg.data[:] = rank_order(per_rank, "mean")
                 try:
                     opt.apply(g, params)
                 except FloatingPointError as exc:
@@ -416,10 +414,7 @@ def settings_change_checks():
             g = params.zeros_like()
             g.data[:] = per_rank[RANK]
             total = ref_params.zeros_like()
-            total.data[:] = per_rank[0]
-            for r in range(1, SIZE):
-                np.add(total.data, per_rank[r], out=total.data)
-            np.divide(total.data, SIZE, out=total.data)
+            total.data[:] = rank_order(per_rank, "mean")
             if sharded:
                 call(g)
             if ref_too:
