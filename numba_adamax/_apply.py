@@ -100,8 +100,13 @@ def _first_frame_outside_package():
 
 
 def _is_update_step(state, hp):
-    steps = hp.gradient_accumulation_steps
-    return steps is None or (state.raw_steps + 1) % steps == 0
+    return is_update_call(state.raw_steps, hp.gradient_accumulation_steps)
+
+
+def is_update_call(raw_steps, accumulation_steps):
+    """Whether the call after ``raw_steps`` calls updates the variables (always without
+    accumulation; else the last micro-step of each window of ``accumulation_steps``)."""
+    return accumulation_steps is None or (raw_steps + 1) % accumulation_steps == 0
 
 
 def _screen_nonfinite(state, grads, policy, refs=None):

@@ -177,7 +177,7 @@ class ShardSteps:
             if call is not None:
                 call.skipped = call.skipped or skipped
                 self._commit(plan, call)
-            elif not skipped and group["global_clipnorm"] is not None and _updates(
+            elif not skipped and group["global_clipnorm"] is not None and _apply.is_update_call(
                     int(agreed[2 * count + g]), group["gradient_accumulation_steps"]):
                 self._global_square_sum(None, None, None)  # this rank holds none of it
         return loss
@@ -244,17 +244,12 @@ class _GlobalNorm:
         return self._backend.clip_tables(state, spread, settings)
 
 
-def _updates(raw_steps, accumulation_steps):
-    """Whether the call after ``raw_steps`` calls is an update (not a micro-step)."""
-    return accumulation_steps is None or (raw_steps + 1) % accumulation_steps == 0
-
-
 def _empty_call(plan, skipped):
     """The call of a group none of whose parameters on this rank has a gradient while
     another rank's have: it counts, and moves only what a call without gradients
     moves (the EMA), as on one process."""
     state, hp = plan.state, plan.hyperparameters
     learning_rate = None
-    if not skipped and _updates(state.raw_steps, hp.gradient_accumulation_steps):
+    if not skipped and _apply.is_update_call(state.raw_steps, hp.gradient_accumulation_steps):
         learning_rate = hp.learning_rate_at(state.raw_steps)
     return _apply.Call(state, [None] * len(state.params), hp, learning_rate, skipped)
