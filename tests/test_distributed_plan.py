@@ -202,6 +202,38 @@ def test_one_process_bad_arguments_raise_and_change_nothing():
     assert "iterations=0" in repr(opt)
 
 
+def test_a_first_apply_takes_its_indexed_slices_as_the_sparse_variables():
+    """Built by the first apply, the variables given IndexedSlices there are sparse (owned
+    whole) and step as one process does; a variable the build did not make sparse refuses
+    IndexedSlices later, naming the argument, with nothing changed."""
+    start = [np.full((6, 2), 1.0, np.float32), np.full(5, 2.0, np.float32)]
+    for layout in ("list", "dict"):
+        arrays = [a.copy() for a in start]
+        ref_arrays = [a.copy() for a in start]
+        opt = nad.ShardedAdamax(nad.SelfComm(), learning_rate=0.1)
+        ref = na.Adamax(learning_rate=0.1)
+        rows = na.IndexedSlices(np.ones((2, 2), np.float32), np.array([4, 1]))
+        dense = np.full(5, 0.5, np.float32)
+        if layout == "dict":
+            opt.apply({"emb": rows, "w": dense}, {"emb": arrays[0], "w": arrays[1]})
+        else:
+            opt.apply([rows, dense], arrays)
+        ref.apply([rows, dense], ref_arrays)
+        assert opt._state.plan.sparse == {0}
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, ref_arrays))
+        before = [a.copy() for a in arrays]
+        with pytest.raises(ValueError, match="not built as a sparse one"):
+            opt.apply([None, na.IndexedSlices(np.ones((1,), np.float32), np.array([0]))],
+                      arrays)
+        with pytest.raises(ValueError, match="built as a sparse one; pass an IndexedSlices"):
+            opt.apply([np.ones((6, 2), np.float32), dense], arrays)
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, before))
+        assert opt.iterations == 1
+    built = nad.ShardedAdamax(nad.SelfComm())
+    built.build([a.copy() for a in start])
+    assert built._state.plan.sparse == frozenset()  # an explicit build declares none
+
+
 @pytest.mark.parametrize("kwargs, kind, match", [
     ({"zero_stage": 2}, ValueError, "zero_stage"),
     ({"reduce": "max"}, ValueError, "reduce"),

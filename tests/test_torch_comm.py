@@ -1,9 +1,16 @@
-"""``TorchComm`` on a two-process gloo group (CPU tensors over NumPy memory): the
-sharded optimizer's steps equal one process given the rank-order sum of the
-gradients, bit for bit, as under MPI.
+"""``TorchComm`` on a two-process gloo group: the sharded optimizer's steps equal one
+process given the rank-order sum of the gradients, bit for bit, as under MPI.
 
-The test runs this file as a script (``python tests/test_torch_comm.py <out-dir>``),
-which spawns the two ranks; each writes a JSON list of checks."""
+* Host variables: CPU tensors over NumPy memory.
+* Device variables under Numba's CUDA simulator, with a simulated CUDA build of torch
+  (``simulated_torch_cuda``) standing in for NCCL's device memory: with
+  ``device="cuda:0"`` the exchange buffers are device tensors and no gradient or
+  parameter is copied to the host (every host transfer is counted); with
+  ``device=None`` the same variables are staged through host buffers.
+
+The tests run this file as a script (``python tests/test_torch_comm.py <mode>
+<out-dir>``, mode ``host`` or ``device``), which spawns the two ranks; each writes a
+JSON list of checks."""
 import hashlib
 import json
 import os
@@ -102,8 +109,190 @@ def _worker(rank, port, out):
                    "close": True, "iterations": [opt.iterations, ref.iterations],
                    "digest": _digest(*arrays)})
     dist.destroy_process_group()
-    with open(os.path.join(out, f"torch-{rank}.json"), "w") as f:
+    with open(os.path.join(out, f"host-{rank}.json"), "w") as f:
         json.dump(checks, f)
+
+
+DEVICE_CONFIGS = ("global_clipnorm", "accum_2_ema_overwrite_1", "weight_decay_exclude",
+                  "kitchen_sink", "nan_skip")
+#: Options of the extra configuration "nan_skip" (a NaN on one rank's gradient at step 2).
+NAN_SKIP = {"learning_rate": 0.05, "clipnorm": 1.0, "nonfinite": "skip"}
+DEVICE_SHAPES = {"w_a": ((7, 5), np.float32), "bias_b": ((5,), np.float32),
+                 "big": ((160,), np.float32), "empty": ((0,), np.float32),
+                 "w64": ((3, 4, 2), np.float64), "v64": ((90,), np.float64)}
+#: (zero_stage, deterministic, reduce) per mode of the device test.
+DEVICE_RUNS = {"device": ((0, True, "sum"), (1, True, "mean"), (1, False, "mean")),
+               "device-staged-host": ((1, True, "mean"),),
+               "torch-tensors": ((1, True, "mean"),),
+               "host-staging": ((1, True, "sum"),)}
+STEPS = 3
+
+
+class HostTraffic:
+    """Counts the bytes copied between the host and the simulated device while
+    ``counting``: ``DeviceNDArray.copy_to_host``/``copy_to_device`` and ``cuda.to_device``."""
+
+    def __init__(self, cuda):
+        from numba.cuda.simulator.cudadrv import devicearray
+        self.bytes, self.counting = 0, False
+        fake = devicearray.FakeCUDAArray
+        to_host, to_device, upload = fake.copy_to_host, fake.copy_to_device, cuda.to_device
+
+        def count(nbytes):
+            if self.counting:
+                self.bytes += int(nbytes)
+
+        def copy_to_host(array, *args, **kwargs):
+            count(array.nbytes)
+            return to_host(array, *args, **kwargs)
+
+        def copy_to_device(array, ary, *args, **kwargs):
+            count(array.nbytes)
+            return to_device(array, ary, *args, **kwargs)
+
+        def to_device_counted(ary, *args, **kwargs):
+            count(np.asarray(ary).nbytes)
+            return upload(ary, *args, **kwargs)
+
+        fake.copy_to_host, fake.copy_to_device = copy_to_host, copy_to_device
+        cuda.to_device = to_device_counted
+
+
+def _device_worker(rank, port, out):
+    """Device variables (simulated) over a gloo group: ``device="cuda:0"`` (exchange in
+    device memory), the same with host buffers staged through the device as on an
+    NCCL-only group, and ``device=None`` (host staging); each against one process
+    stepping device variables on the rank-order sum."""
+    sys.path.insert(0, str(HERE))
+    import torch
+    import torch.distributed as dist
+    from numba import cuda
+    from simulated_torch_cuda import SimulatedCudaTensor, install
+
+    from numba_adamax.kernels import config as kernel_config
+    # the simulator runs every thread in Python: small blocks; small chunks split the
+    # variables over both ranks
+    kernel_config.BLOCK_SIZE, kernel_config.CHUNK = 4, 32
+    from configs import CONFIGS, Clock, Config, make_kwargs
+
+    import numba_adamax as na
+    from numba_adamax import distributed as nad
+
+    configs = dict(CONFIGS, nan_skip=Config(NAN_SKIP))
+    install(setattr)
+    traffic = HostTraffic(cuda)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    names = list(DEVICE_SHAPES)
+    grad_bytes = sum(int(np.prod(sh)) * np.dtype(dt).itemsize
+                     for sh, dt in DEVICE_SHAPES.values())
+    checks = []
+    modes = {"device": {"device": "cuda:0"}, "device-staged-host": {"device": "cuda:0"},
+             "torch-tensors": {"device": "cuda:0"}, "host-staging": {"device": None}}
+
+    def on_device(host, mode):
+        """``host`` on the simulated device: a Numba device array, or for "torch-tensors"
+        a (simulated) CUDA tensor, as a torch user passes."""
+        if mode == "torch-tensors":
+            return torch.from_numpy(host.copy()).as_subclass(SimulatedCudaTensor)
+        return cuda.to_device(host)
+
+    def to_host(array):
+        return array.numpy() if isinstance(array, torch.Tensor) else array.copy_to_host()
+
+    for j, name in enumerate(DEVICE_CONFIGS):
+        config = configs[name]
+        for mode, options in modes.items():
+            comm = nad.TorchComm(**options)
+            if mode == "device-staged-host":
+                comm._host_direct = False  # as on a group whose only backend is NCCL
+            for stage, deterministic, reduce in DEVICE_RUNS[mode]:
+                clocks = Clock(), Clock()
+                rng = np.random.default_rng(j)
+                start = [rng.standard_normal(sh).astype(dt) for sh, dt in DEVICE_SHAPES.values()]
+                params = [on_device(a, mode) for a in start]
+                ref_params = [cuda.to_device(a) for a in start]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    opt = nad.ShardedAdamax(comm, zero_stage=stage, reduce=reduce,
+                                            deterministic=deterministic,
+                                            **make_kwargs(config, clocks[0]))
+                    ref = na.Adamax(**make_kwargs(config, clocks[1]))
+                opt.build(params, names=names)
+                ref.build(ref_params, names=names)
+                if config.exclude_names:
+                    opt.exclude_from_weight_decay(var_names=list(config.exclude_names))
+                    ref.exclude_from_weight_decay(var_names=list(config.exclude_names))
+                traffic.bytes = 0
+                for step in range(STEPS):
+                    clocks[0].step = clocks[1].step = step
+                    per_rank = [[np.random.default_rng([j, step, r, k]).standard_normal(
+                        sh).astype(dt) for k, (sh, dt) in enumerate(DEVICE_SHAPES.values())]
+                        for r in range(2)]
+                    if name == "nan_skip" and step == 1:
+                        per_rank[1][2][7] = np.nan  # on the second rank only
+                    folded = []
+                    for k in range(len(names)):
+                        total = per_rank[0][k] + per_rank[1][k]
+                        if reduce == "mean":
+                            total = np.divide(total, 2, dtype=total.dtype)
+                        folded.append(total)
+                    grads = [on_device(g, mode) for g in per_rank[rank]]
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        traffic.counting = True
+                        opt.apply(grads, params)
+                        traffic.counting = False
+                        ref.apply([cuda.to_device(g) for g in folded], ref_params)
+                bad = []
+                for k, (p, q) in enumerate(zip(params, ref_params)):
+                    got, want = to_host(p), q.copy_to_host()
+                    if not np.array_equal(got, want):
+                        bad.append(f"param {names[k]}" if deterministic or not np.allclose(
+                            got, want, rtol=1e-6, atol=1e-7) else "")
+                    for slot in opt.get_slot_names():
+                        if not np.array_equal(opt.gather_slot(p, slot),
+                                              ref.get_slot(q, slot).copy_to_host()):
+                            bad.append(f"slot {slot} of {names[k]}" if deterministic else "")
+                buffers = opt._state.space
+                checks.append({
+                    "name": f"{name}/{mode}/stage{stage}/{reduce}/"
+                            f"{'ordered' if deterministic else 'backend'}",
+                    "mode": mode, "deterministic": deterministic,
+                    "bad": [b for b in bad if b],
+                    "iterations": [opt.iterations, ref.iterations,
+                                   opt.skipped_steps, ref.skipped_steps],
+                    "host_bytes": traffic.bytes, "grad_bytes": STEPS * grad_bytes,
+                    "device_buffers": type(buffers).__name__,
+                    "buffer_types": sorted({type(b).__name__
+                                            for b in buffers._scratch.values()}),
+                    "digest": _digest(*[to_host(p) for p in params])})
+    # broadcast_ of device variables moves device memory too
+    comm = nad.TorchComm(device="cuda:0")
+    values = [np.full(9, float(rank + 1), np.float32), np.full((2, 3), 5.0 * rank)]
+    arrays = [cuda.to_device(v) for v in values]
+    traffic.bytes, traffic.counting = 0, True
+    nad.broadcast_(arrays, comm, root=1)
+    traffic.counting = False
+    checks.append({"name": "broadcast", "mode": "device", "deterministic": True,
+                   "bad": [] if all(np.array_equal(a.copy_to_host(), np.full(a.shape, w))
+                                    for a, w in zip(arrays, (2.0, 5.0))) else ["values"],
+                   "iterations": [0, 0, 0, 0], "host_bytes": traffic.bytes, "grad_bytes": 1,
+                   "device_buffers": "TorchDeviceBuffers",
+                   "buffer_types": [SimulatedCudaTensor.__name__], "digest": ""})
+    dist.destroy_process_group()
+    with open(os.path.join(out, f"device-{rank}.json"), "w") as f:
+        json.dump(checks, f)
+
+
+def _run_ranks(mode, tmp_path, **env_changes):
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", **env_changes)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(Path(__file__)), mode, str(tmp_path)],
+                          check=False, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((tmp_path / f"{mode}-{r}.json").read_text()) for r in range(2)]
 
 
 def _free_port():
@@ -115,13 +304,7 @@ def _free_port():
 @pytest.mark.slow
 def test_torch_comm_on_two_gloo_processes(tmp_path):
     pytest.importorskip("torch")
-    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, str(Path(__file__)), str(tmp_path)], check=False,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=240, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    per_rank = [json.loads((tmp_path / f"torch-{r}.json").read_text()) for r in range(2)]
+    per_rank = _run_ranks("host", tmp_path)
     assert [c["name"] for c in per_rank[0]] == [c["name"] for c in per_rank[1]]
     assert len(per_rank[0]) == 3 * len(CONFIG_NAMES) + 1
     for checks in per_rank:
@@ -133,6 +316,72 @@ def test_torch_comm_on_two_gloo_processes(tmp_path):
                 assert c["close"], c
     for a, b in zip(*per_rank):
         assert a["digest"] == b["digest"], a["name"]
+
+
+@pytest.mark.slow
+def test_torch_comm_moves_device_memory_without_host_copies(tmp_path):
+    """Under the simulator: with ``device="cuda:0"`` the step's buffers are device tensors
+    and the host sees only the kernels' pointer tables, the clipping partials and the
+    verdicts (under a tenth of the gradients' bytes), where host staging copies every
+    gradient and parameter; both equal one process bit for bit (``deterministic``) and
+    agree across the ranks."""
+    pytest.importorskip("torch")
+    pytest.importorskip("numba.cuda")
+    per_rank = _run_ranks("device", tmp_path, NUMBA_ENABLE_CUDASIM="1")
+    assert [c["name"] for c in per_rank[0]] == [c["name"] for c in per_rank[1]]
+    assert len(per_rank[0]) == sum(map(len, DEVICE_RUNS.values())) * len(DEVICE_CONFIGS) + 1
+    for checks in per_rank:
+        for c in checks:
+            assert not c["bad"], c
+            assert c["iterations"][0] == c["iterations"][1], c
+            assert c["iterations"][2] == c["iterations"][3], c
+            if c["mode"] == "host-staging":
+                assert c["device_buffers"] == "ExchangeBuffers", c
+                assert c["host_bytes"] >= c["grad_bytes"], c
+            else:
+                assert c["device_buffers"] == "TorchDeviceBuffers", c
+                assert c["buffer_types"] == ["SimulatedCudaTensor"], c
+                assert c["host_bytes"] < c["grad_bytes"] / 10, c
+        skipped = [c for c in checks if c["name"].startswith("nan_skip")]
+        assert skipped and all(c["iterations"][2] == 1 for c in skipped)
+    for a, b in zip(*per_rank):
+        assert a["digest"] == b["digest"], a["name"]
+
+
+@pytest.mark.slow
+def test_the_torch_example_trains_two_processes_to_one_model():
+    """``examples/distributed_torch.py`` (gloo and CPU tensors here; NCCL and CUDA tensors
+    where each process has a GPU) ends with equal models and a fallen loss."""
+    pytest.importorskip("torch")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(HERE.parent / "examples" / "distributed_torch.py"),
+                           "60", str(_free_port())], check=False, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "models equal on every process: True" in done.stdout, done.stdout
+
+
+def test_torch_comm_device_argument_is_checked():
+    """``TorchComm(device=...)``: 'auto' follows the backend, None means host buffers, a
+    CUDA device is taken as given; anything else is refused with the reason."""
+    torch = pytest.importorskip("torch")
+    from numba_adamax.distributed._torch_comm import _wire_device
+    assert _wire_device(torch, "auto", "gloo") is None
+    assert _wire_device(torch, None, "nccl") is None
+    with pytest.raises(TypeError, match="device must be 'auto', None"):
+        _wire_device(torch, 3, "gloo")
+    with pytest.raises(ValueError, match="not a device torch knows"):
+        _wire_device(torch, "gpu7", "gloo")
+    with pytest.raises(ValueError, match="must be a CUDA device"):
+        _wire_device(torch, "cpu", "gloo")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="is_available"):
+            _wire_device(torch, "cuda:0", "gloo")
+    else:
+        assert _wire_device(torch, "cuda:0", "nccl") == torch.device("cuda", 0)
+        assert _wire_device(torch, "auto", "nccl") == torch.device(
+            "cuda", torch.cuda.current_device())
 
 
 def test_torch_comm_needs_an_initialised_group():
@@ -148,4 +397,5 @@ def test_torch_comm_needs_an_initialised_group():
 
 if __name__ == "__main__":
     import torch.multiprocessing as mp
-    mp.spawn(_worker, args=(_free_port(), sys.argv[1]), nprocs=2, join=True)
+    worker = {"host": _worker, "device": _device_worker}[sys.argv[1]]
+    mp.spawn(worker, args=(_free_port(), sys.argv[2]), nprocs=2, join=True)

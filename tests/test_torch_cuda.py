@@ -44,6 +44,8 @@ from numba_adamax.integrations import _torch_arrays as tensor_arrays
 from numba_adamax.integrations import _torch_checks
 from numba_adamax.integrations.torch import Adamax
 from numba_adamax.kernels import config
+from simulated_torch_cuda import SimulatedCudaTensor
+from simulated_torch_cuda import install as install_simulated_cuda
 
 try:
     from numba import cuda
@@ -420,63 +422,12 @@ needs_simulator = pytest.mark.skipif(
     not SIMULATED, reason="needs NUMBA_ENABLE_CUDASIM=1 (its host memory stands in for a GPU's)")
 
 
-class SimulatedCudaTensor(torch.Tensor):
-    """A CUDA tensor as the optimizer sees it, under Numba's CUDA simulator (whose device
-    memory is host memory): a CPU tensor whose ``device`` is ``cuda:0`` and whose
-    ``__cuda_array_interface__`` describes its memory as torch's does (version 2, refused
-    while the tensor requires grad). Results of torch operations keep the type."""
-
-    @property
-    def device(self):
-        return torch.device("cuda", 0)
-
-    @property
-    def __cuda_array_interface__(self):
-        if self.requires_grad:
-            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
-        plain = self.as_subclass(torch.Tensor)
-        return {"shape": tuple(plain.shape), "typestr": plain.numpy().dtype.str,
-                "data": (plain.data_ptr() if plain.numel() else 0, False),
-                "strides": None if plain.is_contiguous() else
-                tuple(n * plain.element_size() for n in plain.stride()), "version": 2}
-
-
 @pytest.fixture
 def simulated_torch_cuda(monkeypatch):
-    """Stand-ins for what the optimizer calls of a CUDA build of torch: ``torch.cuda.device``
-    (one simulated device: nothing to switch), ``torch.cuda.current_stream`` (its handle is
-    the yielded namespace's ``handle``, 0 unless set), ``torch.as_tensor`` of a simulator
-    device array (a ``SimulatedCudaTensor`` over its memory) and ``torch.zeros`` /
-    ``torch.empty`` on ``cuda:0`` (a new ``SimulatedCudaTensor``);
-    ``numba.cuda.external_stream`` makes a simulator stream and records it in ``streams``."""
-    plain_as_tensor = torch.as_tensor
-    fake = types.SimpleNamespace(handle=0, streams=[])
-
-    def on_the_device(factory):
-        def make(*args, device=None, **kwargs):
-            if device is not None and torch.device(device) == torch.device("cuda", 0):
-                return factory(*args, **kwargs).as_subclass(SimulatedCudaTensor)
-            return factory(*args, device=device, **kwargs)
-        return make
-
-    def as_tensor(data, *args, **kwargs):
-        if type(data).__name__ == "FakeCUDAArray":
-            assert kwargs.get("device") == torch.device("cuda", 0)
-            return torch.from_numpy(data._ary).as_subclass(SimulatedCudaTensor)
-        return plain_as_tensor(data, *args, **kwargs)
-
-    def external_stream(handle):
-        fake.streams.append((handle, cuda.stream()))
-        return fake.streams[-1][1]
-
-    monkeypatch.setattr(torch, "as_tensor", as_tensor)
-    for name in ("zeros", "empty"):
-        monkeypatch.setattr(torch, name, on_the_device(getattr(torch, name)))
-    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream",
-                        lambda device: types.SimpleNamespace(cuda_stream=fake.handle))
-    monkeypatch.setattr(cuda, "external_stream", external_stream)
-    return fake
+    """``simulated_torch_cuda.install``'s stand-ins for a CUDA build of torch, for one test;
+    yields its namespace (``handle``: the current stream's handle; ``streams``: the
+    ``numba.cuda.external_stream`` calls)."""
+    return install_simulated_cuda(monkeypatch.setattr)
 
 
 @needs_simulator

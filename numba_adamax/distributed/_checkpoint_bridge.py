@@ -15,7 +15,7 @@ from ._checkpoint import save as save_files
 from ._checkpoint import verify
 from ._collective import together
 from ._comm import Comm
-from ._sharded import host_copy, write_host
+from ._buffers import host_copy, write_host
 
 
 def _pieces(state, loading):

@@ -7,7 +7,7 @@ must call it, in the same order, with compatible arguments.
 * ``SelfComm``: one process, no engine needed; every collective is a local copy.
 * ``MPIComm``: an ``mpi4py`` communicator (``MPI.COMM_WORLD`` or any other).
 * ``TorchComm``: a ``torch.distributed`` process group (gloo for host arrays, NCCL
-  for CUDA tensors), in ``_torch_comm``.
+  for CUDA memory, which it moves without host copies), in ``_torch_comm``.
 
 Object collectives (``allgather_object``, ``bcast_object``) pickle small Python
 values (metadata, verdicts, error descriptions); bulk data goes through the buffer
@@ -19,6 +19,8 @@ elements each rank contributes or receives, and rank ``r``'s block starts at
 """
 import numpy as np
 
+from ._buffers import ExchangeBuffers
+
 
 class Comm:
     """Base class of the communicators. Subclasses set ``rank`` and ``size`` and
@@ -26,6 +28,9 @@ class Comm:
 
     rank: int
     size: int
+    #: Whether the buffer collectives move CUDA device arrays themselves (else the
+    #: optimizer stages device arrays through host copies).
+    moves_device_memory = False
 
     def allgather_object(self, obj):
         """Every rank's ``obj``, as a list indexed by rank (on every rank)."""
@@ -66,6 +71,13 @@ class Comm:
     def bcast_(self, buf, root=0):
         """Copy ``root``'s ``buf`` into every rank's ``buf``."""
         raise NotImplementedError
+
+    def exchange_buffers(self, device_variables):
+        """The ``ExchangeBuffers`` a sharded step over this group uses, for variables in
+        device memory (``device_variables``) or on the host: host buffers, with device
+        variables staged through them. A communicator that moves device memory returns
+        device buffers instead."""
+        return ExchangeBuffers(upload=device_variables)
 
     def __repr__(self):
         return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
@@ -198,8 +210,8 @@ def _host(buf):
     """``buf`` as something MPI reads and writes: a NumPy array as is (no copy)."""
     if not isinstance(buf, np.ndarray) or not buf.flags.c_contiguous:
         raise TypeError("MPIComm's buffer collectives take contiguous numpy arrays, got "
-                        f"{type(buf).__qualname__}; device arrays are staged through host "
-                        "copies by the optimizer")
+                        f"{type(buf).__qualname__}; the optimizer stages device arrays "
+                        "through host copies for MPI")
     return buf
 
 

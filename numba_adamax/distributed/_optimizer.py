@@ -5,11 +5,13 @@ import numpy as np
 from .. import _validation as check
 from .. import functional
 from .._hyperparameters import Hyperparameters
+from .._indexed_slices import IndexedSlices
 from ..optimizer import Adamax
 from ._collective import together
 from ._comm import Comm
 from . import _checkpoint_bridge
-from ._sharded import ShardedState, host_copy, write_host
+from ._buffers import host_copy, write_host
+from ._sharded import ShardedState
 
 
 def _options(comm, zero_stage, reduce, deterministic):
@@ -38,7 +40,9 @@ class ShardedAdamax(Adamax):
     step equals one process given that sum, bit for bit, at any N; otherwise the
     communicator's own reduction is used. ``sparse_variables`` (names or indices)
     declares the variables that receive ``IndexedSlices``: each is owned whole by one
-    rank. Every other argument is ``Adamax``'s, validated the same way.
+    rank. Without it, a build by the first ``apply`` takes the variables given
+    ``IndexedSlices`` there; an explicit ``build`` (or ``init``) declares none. Every
+    other argument is ``Adamax``'s, validated the same way.
 
     ``build``, ``apply``, ``finalize_variable_values``, ``gather_slot``,
     ``save_state`` and ``load_state`` are collective: every rank calls them in the same
@@ -85,11 +89,13 @@ class ShardedAdamax(Adamax):
         if self._state is None:
             self._adopt(self._new_state(variables, names))
 
-    def _new_state(self, variables, names=None):
+    def _new_state(self, variables, names=None, sparse_variables=None):
+        if sparse_variables is None:
+            sparse_variables = self._sparse_variables
         state = together(self._comm, ShardedState, self._comm, variables, names, self._hp,
                          zero_stage=self._zero_stage, reduce=self._reduce,
                          deterministic=self._deterministic,
-                         sparse_variables=self._sparse_variables)
+                         sparse_variables=sparse_variables)
         _agree_plan(state)
         state.set_weight_decay_exclusions(*self._exclusions)  # before a first call's step
         if self._pending_path is not None:
@@ -105,13 +111,15 @@ class ShardedAdamax(Adamax):
     def apply(self, grads, variables=None) -> None:
         """One collective optimizer call: ``grads`` are this rank's gradients (a list,
         dict or ``FlatBuffer`` as for ``Adamax.apply``); the variables end up equal on
-        every rank. The first call builds. Every rank must pass the same pattern of
-        None and ``IndexedSlices`` gradients."""
+        every rank. The first call builds; without ``sparse_variables``, the variables
+        whose gradients it is given as ``IndexedSlices`` become the sparse ones. Every
+        rank must pass the same pattern of None and ``IndexedSlices`` gradients."""
         state = self._state
         fresh = state is None
         if fresh:
             together(self._comm, _require_variables, variables)
-            state = self._new_state(variables)
+            state = self._new_state(variables, sparse_variables=_sparse_positions(grads,
+                                                                                  variables))
         grads, kinds = state.prepare(grads, variables)
         state.run(grads, kinds)
         if fresh:
@@ -200,6 +208,20 @@ def _require_variables(variables):
                          "already be built; call `optimizer.build(variables)` first.")
 
 
+def _sparse_positions(grads, variables):
+    """The variables a first call gives ``IndexedSlices`` for: their keys when both
+    ``grads`` and ``variables`` are dicts, their positions when both are sequences;
+    None when there are none (or the structures differ, which the call's checks
+    report). Mutates nothing."""
+    if isinstance(grads, dict) and isinstance(variables, dict):
+        found = [key for key, g in grads.items() if type(g) is IndexedSlices]
+    elif isinstance(grads, (list, tuple)) and isinstance(variables, (list, tuple)):
+        found = [k for k, g in enumerate(grads) if type(g) is IndexedSlices]
+    else:
+        return None
+    return found or None
+
+
 def _slot_index(state, variable, slot_name):
     i = state.variable_index(variable)
     state._check_slot(slot_name)
@@ -271,8 +293,8 @@ def step(params, grads, state: ShardedState) -> ShardedState:
 
 def broadcast_(params, comm, root=0) -> None:
     """Copy ``root``'s ``params`` (a ``FlatBuffer`` or a list/tuple/dict of arrays, the
-    same structure on every rank; device arrays go through host copies) into every
-    rank's, in place (collective)."""
+    same structure on every rank; device arrays go through host copies unless the
+    communicator moves device memory) into every rank's, in place (collective)."""
     def arrays():
         check.communicator(comm, Comm)
         from .._flat_buffer import FlatBuffer
@@ -291,7 +313,7 @@ def broadcast_(params, comm, root=0) -> None:
     if any(s != shapes[0] for s in shapes):
         raise ValueError(f"`params` differ across the ranks (shapes, dtypes): {shapes}")
     for a in values:
-        if isinstance(a, np.ndarray):
+        if isinstance(a, np.ndarray) or comm.moves_device_memory:
             comm.bcast_(a.reshape(-1), root)
         else:  # a device array, staged through a host copy
             host = host_copy(a).reshape(-1)

@@ -30,11 +30,12 @@ import warnings
 
 import numpy as np
 
-from .. import _apply, _devices, _state, backends
+from .. import _apply, _state, backends
 from .. import _validation as check
 from .._flat_buffer import FlatBuffer
 from .._indexed_slices import IndexedSlices
 from ..functional import match
+from ._buffers import host_copy, upload, write_host
 from ._collective import settings_differ, settings_digest, together, together_sharing
 from ._comm import allgather_concat
 from ._plan import ShardPlan, sparse_indices
@@ -59,10 +60,11 @@ class ShardedState:
         backend = backends.for_arrays(arrays)
         self.device = backend.device
         if self.device is not None and sparse_variables:
-            raise TypeError("`sparse_variables` needs numpy variables: the sharded optimizer "
-                            "stages device variables through host buffers for dense "
-                            "gradients only.")
+            raise TypeError("Sparse variables (`sparse_variables`, or IndexedSlices gradients "
+                            "at the first apply) need numpy variables: the sharded "
+                            "optimizer takes dense gradients only for device variables.")
         self.comm = comm
+        self.space = comm.exchange_buffers(self.device is not None)
         self.zero_stage, self.reduce, self.deterministic = zero_stage, reduce, deterministic
         self.hyperparameters = hp = hyperparameters
         self.params = tuple(arrays)
@@ -91,7 +93,6 @@ class ShardedState:
         else:
             self._ranges = [(0, g.comm_total) for g in self.plan.groups]
         self.local = self._local_state(hp) if self.pieces else None
-        self._scratch = {}
         self._kinds = None  # the gradient pattern of the call in progress
         self._digest_of = (None, -1)  # the settings object and revision ``_digest`` is of
         self._digest = None
@@ -271,12 +272,13 @@ class ShardedState:
         for i, kind in enumerate(kinds):
             if kind == _SPARSE and i not in self.plan.sparse:
                 raise ValueError(f"The gradient for variable {self.names[i]!r} is an "
-                                 "IndexedSlices, but the variable is not in "
-                                 f"`sparse_variables`; build with sparse_variables="
-                                 f"[{self.names[i]!r}] so that one rank owns it whole.")
+                                 "IndexedSlices, but the variable was not built as a sparse "
+                                 f"one; pass sparse_variables=[{self.names[i]!r}] to the "
+                                 "optimizer (or let the first apply build it) so that one "
+                                 "rank owns it whole.")
             if kind == _DENSE and i in self.plan.sparse:
                 raise ValueError(f"The gradient for variable {self.names[i]!r} is dense, but "
-                                 "the variable is in `sparse_variables`; pass an "
+                                 "the variable was built as a sparse one; pass an "
                                  "IndexedSlices (or None) for it.")
         return grads, kinds
 
@@ -287,6 +289,8 @@ class ShardedState:
         disagreeing learning rate, before anything changes."""
         hp = self.hyperparameters
         self._kinds = kinds
+        if self.local is not None and self.device is not None:
+            self.local.stream = self.space.kernel_stream()
         reduced = self._reduce_dense(grads, kinds)
         rows = self._gather_sparse(grads, kinds)
         local_grads = self._local_gradients(reduced, rows, kinds)
@@ -319,13 +323,6 @@ class ShardedState:
 
     # ------------------------------------------------------------ reduction
 
-    def _buffer(self, key, size, dtype):
-        """A cached scratch array (contents undefined)."""
-        buf = self._scratch.get(key)
-        if buf is None or buf.size != size or buf.dtype != dtype:
-            buf = self._scratch[key] = np.empty(size, dtype)
-        return buf
-
     def _flat_layout(self):
         """True when the variables' ``FlatBuffer`` has the communication layout."""
         return self.buffer is not None and not self.plan.sparse
@@ -337,26 +334,29 @@ class ShardedState:
         if type(grads) is FlatBuffer and self._flat_layout():
             return grads.data
         arrays = grads.arrays if type(grads) is FlatBuffer else grads
-        buf = self._buffer(("send", group.position), group.comm_total, group.dtype)
+        space = self.space
+        buf = space.scratch(("send", group.position), group.comm_total, group.dtype)
         end = 0
         for k, i in enumerate(group.indices):
             lo = group.comm_offsets[k]
-            buf[end:lo] = 0
+            if lo > end:
+                space.zero(buf[end:lo])
             if i in self.plan.sparse:
                 end = lo
                 continue
             end = lo + group.sizes[k]
             if kinds[i] == _DENSE:
-                buf[lo:end] = host_copy(arrays[i]).reshape(-1)
-            else:
-                buf[lo:end] = 0
-        buf[end:] = 0
+                space.put(buf[lo:end], arrays[i])
+            elif end > lo:
+                space.zero(buf[lo:end])
+        if group.comm_total > end:
+            space.zero(buf[end:])
         return buf
 
     def _reduce_dense(self, grads, kinds):
         """Per group, this rank's range of the reduced dense gradients (stage 0: the
         whole group)."""
-        comm, n = self.comm, self.comm.size
+        comm, n, space = self.comm, self.comm.size, self.space
         out = []
         for group, (lo, hi) in zip(self.plan.groups, self._ranges):
             send = self._send_buffer(group, grads, kinds)
@@ -364,39 +364,40 @@ class ShardedState:
             if self.deterministic:
                 shard = self._ordered_reduce_scatter(group, send, counts)
                 if self.reduce == "mean":
-                    np.divide(shard, n, out=shard)
+                    space.divide_(shard, n)
                 if self.zero_stage == 0:
-                    full = self._buffer(("full", group.position), group.comm_total, group.dtype)
+                    full = space.scratch(("full", group.position), group.comm_total,
+                                         group.dtype)
                     r = comm.rank
-                    full[group.cuts[r]:group.cuts[r + 1]] = shard
+                    space.assign(full[group.cuts[r]:group.cuts[r + 1]], shard)
                     comm.allgatherv_(full, counts)
                     shard = full
             elif self.zero_stage == 1:
-                shard = self._buffer(("recv", group.position), hi - lo, group.dtype)
+                shard = space.scratch(("recv", group.position), hi - lo, group.dtype)
                 comm.reduce_scatter(send, shard, counts)
                 if self.reduce == "mean":
-                    np.divide(shard, n, out=shard)
+                    space.divide_(shard, n)
             else:
-                shard = self._buffer(("full", group.position), group.comm_total, group.dtype)
+                shard = space.scratch(("full", group.position), group.comm_total, group.dtype)
                 if shard is not send:
-                    shard[:] = send
+                    space.assign(shard, send)
                 comm.allreduce_(shard)
                 if self.reduce == "mean":
-                    np.divide(shard, n, out=shard)
+                    space.divide_(shard, n)
             out.append(shard)
         return out
 
     def _ordered_reduce_scatter(self, group, send, counts):
         """This rank's block of the sum of every rank's ``send``, added in rank order
         (``r0 + r1 + ...`` in the gradient dtype)."""
-        comm, n = self.comm, self.comm.size
+        comm, n, space = self.comm, self.comm.size, self.space
         mine = int(counts[comm.rank])
-        blocks = self._buffer(("blocks", group.position), n * mine, group.dtype)
+        blocks = space.scratch(("blocks", group.position), n * mine, group.dtype)
         comm.alltoallv(send, counts, blocks, [mine] * n)
-        shard = self._buffer(("shard", group.position), mine, group.dtype)
-        shard[:] = blocks[:mine]
+        shard = space.scratch(("shard", group.position), mine, group.dtype)
+        space.assign(shard, blocks[:mine])
         for q in range(1, n):
-            np.add(shard, blocks[q * mine:(q + 1) * mine], out=shard)
+            space.add_(shard, blocks[q * mine:(q + 1) * mine])
         return shard
 
     def _gather_sparse(self, grads, kinds):
@@ -429,8 +430,8 @@ class ShardedState:
     def _local_gradients(self, reduced, rows, kinds):
         """The gradient of each local piece: a view of the reduced dense range (in device
         memory for device variables), the gathered ``IndexedSlices``, or None."""
-        if self.device is not None and self.local is not None:
-            reduced = [_upload(shard) for shard in reduced]
+        if self.local is not None:
+            reduced = [self.space.for_kernels(shard) for shard in reduced]
         out = []
         for p in self.pieces:
             kind = kinds[p.variable]
@@ -541,7 +542,7 @@ class ShardedState:
                         dtype=np.float64).reshape(-1, 2)
                for lg in local.groups]
         if self.device is not None:  # the device kernels read the table in the slot dtype
-            out = [_upload(t.astype(lg.slot_dtype)) for t, lg in zip(out, local.groups)]
+            out = [upload(t.astype(lg.slot_dtype)) for t, lg in zip(out, local.groups)]
         return out
 
     def _sparse_this_call(self, i):
@@ -570,17 +571,18 @@ class ShardedState:
             if self._flat_layout():
                 self.comm.allgatherv_(self.buffer.data, group.counts)
                 continue
-            buf = self._buffer(("params", group.position), group.comm_total, group.dtype)
+            space = self.space
+            buf = space.scratch(("params", group.position), group.comm_total, group.dtype)
             for p in self.pieces:
-                if p.group == group.position and p.variable not in self.plan.sparse:
+                if p.group == group.position and p.variable not in self.plan.sparse and p.size:
                     start = p.offset + p.begin
-                    buf[start:start + p.size] = host_copy(self.arrays[p.variable].reshape(-1)[
-                        p.begin:p.end])
+                    space.put(buf[start:start + p.size],
+                              self.arrays[p.variable].reshape(-1)[p.begin:p.end])
             self.comm.allgatherv_(buf, group.counts)
             for k, i in enumerate(group.indices):
                 if i not in self.plan.sparse and group.sizes[k]:
                     start = group.comm_offsets[k]
-                    write_host(self.arrays[i], buf[start:start + group.sizes[k]])
+                    space.take(self.arrays[i], buf[start:start + group.sizes[k]])
 
     def _publish_sparse(self, changed, overwrite):
         """The owners of sparse variables broadcast what the step changed: the whole
@@ -621,29 +623,6 @@ class ShardedState:
 def _cpu():
     from ..backends import cpu
     return cpu
-
-
-def host_copy(x):
-    """``x`` as a host array: itself when it is one, else a copy of the device array."""
-    if isinstance(x, np.ndarray):
-        return x
-    return _devices.as_device_array(x).copy_to_host()
-
-
-def _upload(host):
-    """A new device array holding the host array ``host``."""
-    from numba import cuda
-    return cuda.to_device(host)
-
-
-def write_host(target, values):
-    """Copy the host ``values`` into the variable ``target`` (host or device), converted
-    to its dtype and shape."""
-    if isinstance(target, np.ndarray):
-        np.copyto(target, values.reshape(target.shape), casting="same_kind")
-        return
-    device = _devices.as_device_array(target)
-    device.copy_to_device(np.ascontiguousarray(values, dtype=device.dtype).reshape(device.shape))
 
 
 class _Chunks:

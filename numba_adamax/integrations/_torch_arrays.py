@@ -151,14 +151,18 @@ def stream_for(tensors: Sequence[torch.Tensor]):
     of the group's device, wrapped with ``numba.cuda.external_stream``; None (the
     default stream) for CPU tensors and for the legacy default stream (handle 0, which
     is also numba.cuda's default)."""
-    if not is_cuda(tensors):
-        return None
-    device = device_of(tensors)
+    return stream_on(device_of(tensors)) if is_cuda(tensors) else None
+
+
+def stream_on(device: torch.device):
+    """Torch's current stream of the CUDA ``device`` as a ``numba.cuda`` stream
+    (``numba.cuda.external_stream``), or None for the legacy default stream (handle 0,
+    which is also numba.cuda's default)."""
     handle = torch.cuda.current_stream(device).cuda_stream
     if not handle:
         return None
     cuda = require_cuda("the parameters")
-    with device_context(tensors):
+    with torch.cuda.device(device):
         return cuda.external_stream(handle)
 
 
