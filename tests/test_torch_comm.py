@@ -5,8 +5,10 @@ process given the rank-order sum of the gradients, bit for bit, as under MPI.
 * Device variables under Numba's CUDA simulator, with a simulated CUDA build of torch
   (``simulated_torch_cuda``) standing in for NCCL's device memory: with
   ``device="cuda:0"`` the exchange buffers are device tensors and no gradient or
-  parameter is copied to the host (every host transfer is counted); with
-  ``device=None`` the same variables are staged through host buffers.
+  parameter is copied to the host (every host transfer is counted), for Numba device
+  arrays and for (simulated) CUDA tensors as variables, and a checkpoint saved and
+  loaded over a group whose host buffers go through the device (as NCCL's do) restores
+  every slot; with ``device=None`` the same variables are staged through host buffers.
 
 The tests run this file as a script (``python tests/test_torch_comm.py <mode>
 <out-dir>``, mode ``host`` or ``device``), which spawns the two ranks; each writes a
@@ -254,6 +256,20 @@ def _device_worker(rank, port, out):
                         if not np.array_equal(opt.gather_slot(p, slot),
                                               ref.get_slot(q, slot).copy_to_host()):
                             bad.append(f"slot {slot} of {names[k]}" if deterministic else "")
+                if mode == "device-staged-host":  # a checkpoint round trip over that group
+                    path = os.path.join(out, f"ckpt-{name}")
+                    opt.save_state(path)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        twin = nad.ShardedAdamax(comm, zero_stage=stage, reduce=reduce,
+                                                 deterministic=deterministic,
+                                                 **make_kwargs(config, clocks[0]))
+                    twin.build(params, names=names)
+                    twin.load_state(path)
+                    if twin.iterations != opt.iterations or not all(
+                            np.array_equal(twin.gather_slot(p, slot), opt.gather_slot(p, slot))
+                            for p in params for slot in opt.get_slot_names()):
+                        bad.append("checkpoint round trip")
                 buffers = opt._state.space
                 checks.append({
                     "name": f"{name}/{mode}/stage{stage}/{reduce}/"
