@@ -10,9 +10,12 @@ process given the rank-order sum of the gradients, bit for bit, as under MPI.
   loaded over a group whose host buffers go through the device (as NCCL's do) restores
   every slot; with ``device=None`` the same variables are staged through host buffers.
 
+* On GPUs (marked ``cuda``, so ``python -m numba_adamax.gpu_check`` runs it): a real
+  NCCL group, one rank per GPU (one rank where there is one GPU), same checks.
+
 The tests run this file as a script (``python tests/test_torch_comm.py <mode>
-<out-dir>``, mode ``host`` or ``device``), which spawns the two ranks; each writes a
-JSON list of checks."""
+<out-dir> [<ranks>]``, mode ``host``, ``device`` or ``nccl``), which spawns the ranks;
+each writes a JSON list of checks."""
 import hashlib
 import json
 import os
@@ -301,14 +304,100 @@ def _device_worker(rank, port, out):
         json.dump(checks, f)
 
 
-def _run_ranks(mode, tmp_path, **env_changes):
+def _nccl_worker(rank, world, port, out):
+    """Real CUDA memory on an NCCL group, one GPU per rank: Numba device arrays and CUDA
+    tensors as variables, against one process stepping device variables."""
+    sys.path.insert(0, str(HERE))
+    import torch
+    import torch.distributed as dist
+    from numba import cuda
+
+    from configs import CONFIGS, Clock, make_kwargs
+
+    import numba_adamax as na
+    from numba_adamax import distributed as nad
+    from numba_adamax.kernels import config as kernel_config
+    kernel_config.CHUNK = 512  # split the variables over the ranks
+
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    comm = nad.TorchComm()
+    names = list(DEVICE_SHAPES)
+    checks = []
+    for j, name in enumerate(("defaults", "global_clipnorm", "accum_2_ema_overwrite_1",
+                              "kitchen_sink")):
+        config = CONFIGS[name]
+        for tensors in (False, True):
+            for stage, deterministic, reduce in DEVICE_RUNS["device"]:
+                clocks = Clock(), Clock()
+                rng = np.random.default_rng(j)
+                start = [rng.standard_normal(sh).astype(dt) for sh, dt in DEVICE_SHAPES.values()]
+
+                def on_device(host):
+                    return (torch.from_numpy(host.copy()).cuda() if tensors
+                            else cuda.to_device(host))
+
+                params = [on_device(a) for a in start]
+                ref_params = [cuda.to_device(a) for a in start]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    opt = nad.ShardedAdamax(comm, zero_stage=stage, reduce=reduce,
+                                            deterministic=deterministic,
+                                            **make_kwargs(config, clocks[0]))
+                    ref = na.Adamax(**make_kwargs(config, clocks[1]))
+                opt.build(params, names=names)
+                ref.build(ref_params, names=names)
+                if config.exclude_names:
+                    opt.exclude_from_weight_decay(var_names=list(config.exclude_names))
+                    ref.exclude_from_weight_decay(var_names=list(config.exclude_names))
+                for step in range(STEPS):
+                    clocks[0].step = clocks[1].step = step
+                    per_rank = [[np.random.default_rng([j, step, r, k]).standard_normal(
+                        sh).astype(dt) for k, (sh, dt) in enumerate(DEVICE_SHAPES.values())]
+                        for r in range(world)]
+                    folded = []
+                    for k in range(len(names)):
+                        total = per_rank[0][k].copy()
+                        for r in range(1, world):
+                            total = total + per_rank[r][k]
+                        if reduce == "mean":
+                            total = np.divide(total, world, dtype=total.dtype)
+                        folded.append(total)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        opt.apply([on_device(g) for g in per_rank[rank]], params)
+                        ref.apply([cuda.to_device(g) for g in folded], ref_params)
+                torch.cuda.synchronize()
+                bad = []
+                for k, (p, q) in enumerate(zip(params, ref_params)):
+                    got = p.cpu().numpy() if tensors else p.copy_to_host()
+                    want = q.copy_to_host()
+                    same = np.array_equal(got, want) if deterministic else np.allclose(
+                        got, want, rtol=1e-6, atol=1e-7)
+                    if not same:
+                        bad.append(f"param {names[k]}")
+                    for slot in opt.get_slot_names():
+                        if deterministic and not np.array_equal(
+                                opt.gather_slot(p, slot), ref.get_slot(q, slot).copy_to_host()):
+                            bad.append(f"slot {slot} of {names[k]}")
+                checks.append({"name": f"{name}/{'tensors' if tensors else 'numba'}/stage{stage}/"
+                                       f"{reduce}/{'ordered' if deterministic else 'backend'}",
+                               "bad": bad, "buffers": type(opt._state.space).__name__,
+                               "iterations": [opt.iterations, ref.iterations]})
+    dist.destroy_process_group()
+    with open(os.path.join(out, f"nccl-{rank}.json"), "w") as f:
+        json.dump(checks, f)
+
+
+def _run_ranks(mode, tmp_path, world=2, **env_changes):
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", **env_changes)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, str(Path(__file__)), mode, str(tmp_path)],
-                          check=False, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=300, env=env)
+    done = subprocess.run([sys.executable, str(Path(__file__)), mode, str(tmp_path),
+                           str(world)], check=False, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads((tmp_path / f"{mode}-{r}.json").read_text()) for r in range(2)]
+    return [json.loads((tmp_path / f"{mode}-{r}.json").read_text()) for r in range(world)]
 
 
 def _free_port():
@@ -378,6 +467,25 @@ def test_the_torch_example_trains_two_processes_to_one_model():
     assert "models equal on every process: True" in done.stdout, done.stdout
 
 
+@pytest.mark.cuda
+def test_torch_comm_on_nccl_moves_real_device_memory(tmp_path):
+    """On GPUs (one rank per GPU, at most two; one rank on a one-GPU machine): an NCCL
+    group's ``TorchComm`` keeps the exchange in device memory, and the sharded steps equal
+    one process bit for bit (``deterministic``) for Numba device arrays and CUDA tensors."""
+    torch = pytest.importorskip("torch")
+    import torch.distributed as dist
+    if not torch.cuda.is_available() or not dist.is_nccl_available():
+        pytest.skip("needs CUDA GPUs and torch's NCCL backend")
+    world = min(2, torch.cuda.device_count())
+    per_rank = _run_ranks("nccl", tmp_path, world=world)
+    assert len(per_rank) == world and per_rank[0]
+    for checks in per_rank:
+        for c in checks:
+            assert not c["bad"], c
+            assert c["buffers"] == "TorchDeviceBuffers", c
+            assert c["iterations"][0] == c["iterations"][1], c
+
+
 def test_torch_comm_device_argument_is_checked():
     """``TorchComm(device=...)``: 'auto' follows the backend, None means host buffers, a
     CUDA device is taken as given; anything else is refused with the reason."""
@@ -413,5 +521,9 @@ def test_torch_comm_needs_an_initialised_group():
 
 if __name__ == "__main__":
     import torch.multiprocessing as mp
-    worker = {"host": _worker, "device": _device_worker}[sys.argv[1]]
-    mp.spawn(worker, args=(_free_port(), sys.argv[2]), nprocs=2, join=True)
+    mode, out, world = sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    if mode == "nccl":
+        mp.spawn(_nccl_worker, args=(world, _free_port(), out), nprocs=world, join=True)
+    else:
+        worker = {"host": _worker, "device": _device_worker}[mode]
+        mp.spawn(worker, args=(_free_port(), out), nprocs=2, join=True)

@@ -7,8 +7,9 @@ Within ``budget`` seconds of wall-clock time, in this order:
    configuration of ``tests/configs.py`` with small and with full-size launches,
    float16, NaN propagation, sparse gradients, checkpoints) and the PyTorch tests
    marked ``cuda`` (``tests/test_torch_cuda.py``: the PyTorch optimizer on CUDA
-   tensors against the CPU one; ``tests/test_torch_integration.py``), in one pytest
-   process;
+   tensors against the CPU one; ``tests/test_torch_integration.py``;
+   ``tests/test_torch_comm.py``: the sharded optimizer on an NCCL group), in one
+   pytest process;
 3. the GPU benchmark (``numba_adamax.benchmark.gpu``) and its targets.
 
 Each step runs in its own Python process with a time limit, so one that hangs or
@@ -30,9 +31,10 @@ from pathlib import Path
 BENCHMARK_SECONDS = 150
 #: Test files run on the hardware, and the marker that selects their CUDA tests.
 TEST_FILES = ("tests/test_cuda.py", "tests/test_torch_cuda.py",
-              "tests/test_torch_integration.py")
+              "tests/test_torch_integration.py", "tests/test_torch_comm.py")
 #: The files of ``TEST_FILES`` that test the PyTorch optimizer.
-TORCH_TEST_FILES = ("tests/test_torch_cuda.py", "tests/test_torch_integration.py")
+TORCH_TEST_FILES = ("tests/test_torch_cuda.py", "tests/test_torch_integration.py",
+                    "tests/test_torch_comm.py")
 _OUTCOME = re.compile(r"^(tests/\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
 
 
