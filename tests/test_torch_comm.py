@@ -286,6 +286,17 @@ def _device_worker(rank, port, out):
                     "buffer_types": sorted({type(b).__name__
                                             for b in buffers._scratch.values()}),
                     "digest": _digest(*[to_host(p) for p in params])})
+    # the ranks disagree on where the exchange lives: every rank refuses
+    mixed = nad.TorchComm(device="cuda:0" if rank == 0 else None)
+    try:
+        nad.ShardedAdamax(mixed)
+        refused = "not refused"
+    except ValueError as error:
+        refused = "" if "different optimizer settings" in str(error) else str(error)
+    checks.append({"name": "device_differs", "mode": "device", "deterministic": True,
+                   "bad": [refused] if refused else [], "iterations": [0, 0, 0, 0],
+                   "host_bytes": 0, "grad_bytes": 1, "device_buffers": "TorchDeviceBuffers",
+                   "buffer_types": ["SimulatedCudaTensor"], "digest": ""})
     # broadcast_ of device variables moves device memory too
     comm = nad.TorchComm(device="cuda:0")
     values = [np.full(9, float(rank + 1), np.float32), np.full((2, 3), 5.0 * rank)]
@@ -434,7 +445,7 @@ def test_torch_comm_moves_device_memory_without_host_copies(tmp_path):
     pytest.importorskip("numba.cuda")
     per_rank = _run_ranks("device", tmp_path, NUMBA_ENABLE_CUDASIM="1")
     assert [c["name"] for c in per_rank[0]] == [c["name"] for c in per_rank[1]]
-    assert len(per_rank[0]) == sum(map(len, DEVICE_RUNS.values())) * len(DEVICE_CONFIGS) + 1
+    assert len(per_rank[0]) == sum(map(len, DEVICE_RUNS.values())) * len(DEVICE_CONFIGS) + 2
     for checks in per_rank:
         for c in checks:
             assert not c["bad"], c
@@ -486,7 +497,7 @@ def test_torch_comm_on_nccl_moves_real_device_memory(tmp_path):
             assert c["iterations"][0] == c["iterations"][1], c
 
 
-def test_torch_comm_device_argument_is_checked():
+def test_torch_comm_device_argument_is_checked(monkeypatch):
     """``TorchComm(device=...)``: 'auto' follows the backend, None means host buffers, a
     CUDA device is taken as given; anything else is refused with the reason."""
     torch = pytest.importorskip("torch")
@@ -499,6 +510,15 @@ def test_torch_comm_device_argument_is_checked():
         _wire_device(torch, "gpu7", "gloo")
     with pytest.raises(ValueError, match="must be a CUDA device"):
         _wire_device(torch, "cpu", "gloo")
+    import torch.distributed as dist
+    from numba_adamax import distributed as nad
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    with pytest.raises(ValueError, match="cannot move; pass device='auto'"):
+        nad.TorchComm(device=None)  # an NCCL-only group cannot move host memory
+    with pytest.raises(ValueError, match="must be a CUDA device"):
+        nad.TorchComm(device="cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="is_available"):
             _wire_device(torch, "cuda:0", "gloo")

@@ -21,7 +21,8 @@ def _options(comm, zero_stage, reduce, deterministic):
 
 
 def _agree_settings(comm, settings):
-    """Raise ``ValueError`` on every rank when the ranks were given different settings."""
+    """Raise ``ValueError`` on every rank when the ranks were given different settings
+    (the options, and whether the communicator moves device memory)."""
     everyone = comm.allgather_object(settings)
     if any(s != settings for s in everyone):
         raise ValueError("The ranks were given different optimizer settings; every rank must "
@@ -59,7 +60,8 @@ class ShardedAdamax(Adamax):
         self._zero_stage, self._reduce, self._deterministic = options
         self._sparse_variables = sparse_variables
         self._pending_path = None
-        _agree_settings(comm, (options, repr(sparse_variables), self._hp.changed_settings()))
+        _agree_settings(comm, (options, repr(sparse_variables), self._hp.changed_settings(),
+                               comm.moves_device_memory))
 
     @property
     def comm(self) -> Comm:
@@ -270,7 +272,8 @@ def init(params, comm, *, zero_stage=1, reduce="mean", deterministic=False,
     if not isinstance(comm, Comm):
         make()
     options, hp, pattern = together(comm, make)
-    _agree_settings(comm, (options, repr(sparse_variables), hp.changed_settings()))
+    _agree_settings(comm, (options, repr(sparse_variables), hp.changed_settings(),
+                           comm.moves_device_memory))
     state = together(comm, ShardedState, comm, params, names, hp, zero_stage=options[0],
                      reduce=options[1], deterministic=options[2],
                      sparse_variables=sparse_variables)

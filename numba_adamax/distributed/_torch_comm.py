@@ -40,6 +40,11 @@ class TorchComm(Comm):
                              "torch.distributed.init_process_group(...) first")
         backend = str(dist.get_backend(group)).lower()
         self.device = _wire_device(torch, device, backend)
+        host_backend = "gloo" in backend or "mpi" in backend
+        if self.device is None and not host_backend:
+            raise ValueError(f"device=None keeps the exchange in host memory, which the group's "
+                             f"backend ({backend}) cannot move; pass device='auto' or a CUDA "
+                             "device, or use a group with gloo")
         self._torch, self._dist, self.group = torch, dist, group
         # the equal-block collectives, by the names this torch has (2.13 renamed them)
         self._all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -47,7 +52,7 @@ class TorchComm(Comm):
                                 or dist.reduce_scatter_tensor)
         # NCCL moves CUDA memory only: without a CPU backend, host buffers go through
         # device copies
-        self._host_direct = self.device is None or "gloo" in backend or "mpi" in backend
+        self._host_direct = host_backend
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
 
