@@ -163,6 +163,64 @@ class HostTraffic:
         cuda.to_device = to_device_counted
 
 
+def _device_pair(comm, config, clocks, run, params, ref_params):
+    """A ``ShardedAdamax`` over ``comm`` on ``params`` and its one-process twin on
+    ``ref_params``, both built and with the configuration's exclusions; ``run`` is
+    ``(zero_stage, deterministic, reduce)``."""
+    import numba_adamax as na
+    from configs import make_kwargs
+    from numba_adamax import distributed as nad
+    stage, deterministic, reduce = run
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = nad.ShardedAdamax(comm, zero_stage=stage, reduce=reduce,
+                                deterministic=deterministic, **make_kwargs(config, clocks[0]))
+        ref = na.Adamax(**make_kwargs(config, clocks[1]))
+    names = list(DEVICE_SHAPES)
+    opt.build(params, names=names)
+    ref.build(ref_params, names=names)
+    if config.exclude_names:
+        opt.exclude_from_weight_decay(var_names=list(config.exclude_names))
+        ref.exclude_from_weight_decay(var_names=list(config.exclude_names))
+    return opt, ref
+
+
+def _rank_gradients(j, step, world, reduce, nan=False):
+    """``(per_rank, folded)``: every rank's host gradients for ``DEVICE_SHAPES`` at
+    ``step`` (with ``nan``, one NaN in the last rank's third), and their sum in rank
+    order (divided by ``world`` for "mean"), in the gradients' dtype."""
+    per_rank = [[np.random.default_rng([j, step, r, k]).standard_normal(sh).astype(dt)
+                 for k, (sh, dt) in enumerate(DEVICE_SHAPES.values())] for r in range(world)]
+    if nan:
+        per_rank[-1][2][7] = np.nan
+    folded = []
+    for k in range(len(DEVICE_SHAPES)):
+        total = per_rank[0][k].copy()
+        for r in range(1, world):
+            total = total + per_rank[r][k]
+        if reduce == "mean":
+            total = np.divide(total, world, dtype=total.dtype)
+        folded.append(total)
+    return per_rank, folded
+
+
+def _device_differences(opt, ref, params, ref_params, deterministic, to_host):
+    """What differs between the sharded optimizer and its twin: the parameters (bit for
+    bit when ``deterministic``, else to rtol 1e-6) and, when ``deterministic``, every
+    slot; ``to_host`` copies a variable to a NumPy array."""
+    bad = []
+    for name, p, q in zip(DEVICE_SHAPES, params, ref_params):
+        got, want = to_host(p), q.copy_to_host()
+        if not (np.array_equal(got, want) if deterministic
+                else np.allclose(got, want, rtol=1e-6, atol=1e-7)):
+            bad.append(f"param {name}")
+        for slot in opt.get_slot_names() if deterministic else ():
+            if not np.array_equal(opt.gather_slot(p, slot),
+                                  ref.get_slot(q, slot).copy_to_host()):
+                bad.append(f"slot {slot} of {name}")
+    return bad
+
+
 def _device_worker(rank, port, out):
     """Device variables (simulated) over a gloo group: ``device="cuda:0"`` (exchange in
     device memory), the same with host buffers staged through the device as on an
@@ -180,7 +238,6 @@ def _device_worker(rank, port, out):
     kernel_config.BLOCK_SIZE, kernel_config.CHUNK = 4, 32
     from configs import CONFIGS, Clock, Config, make_kwargs
 
-    import numba_adamax as na
     from numba_adamax import distributed as nad
 
     configs = dict(CONFIGS, nan_skip=Config(NAN_SKIP))
@@ -211,37 +268,19 @@ def _device_worker(rank, port, out):
             comm = nad.TorchComm(**options)
             if mode == "device-staged-host":
                 comm._host_direct = False  # as on a group whose only backend is NCCL
-            for stage, deterministic, reduce in DEVICE_RUNS[mode]:
+            for run in DEVICE_RUNS[mode]:
+                stage, deterministic, reduce = run
                 clocks = Clock(), Clock()
                 rng = np.random.default_rng(j)
                 start = [rng.standard_normal(sh).astype(dt) for sh, dt in DEVICE_SHAPES.values()]
                 params = [on_device(a, mode) for a in start]
                 ref_params = [cuda.to_device(a) for a in start]
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    opt = nad.ShardedAdamax(comm, zero_stage=stage, reduce=reduce,
-                                            deterministic=deterministic,
-                                            **make_kwargs(config, clocks[0]))
-                    ref = na.Adamax(**make_kwargs(config, clocks[1]))
-                opt.build(params, names=names)
-                ref.build(ref_params, names=names)
-                if config.exclude_names:
-                    opt.exclude_from_weight_decay(var_names=list(config.exclude_names))
-                    ref.exclude_from_weight_decay(var_names=list(config.exclude_names))
+                opt, ref = _device_pair(comm, config, clocks, run, params, ref_params)
                 traffic.bytes = 0
                 for step in range(STEPS):
                     clocks[0].step = clocks[1].step = step
-                    per_rank = [[np.random.default_rng([j, step, r, k]).standard_normal(
-                        sh).astype(dt) for k, (sh, dt) in enumerate(DEVICE_SHAPES.values())]
-                        for r in range(2)]
-                    if name == "nan_skip" and step == 1:
-                        per_rank[1][2][7] = np.nan  # on the second rank only
-                    folded = []
-                    for k in range(len(names)):
-                        total = per_rank[0][k] + per_rank[1][k]
-                        if reduce == "mean":
-                            total = np.divide(total, 2, dtype=total.dtype)
-                        folded.append(total)
+                    per_rank, folded = _rank_gradients(j, step, 2, reduce,
+                                                       nan=name == "nan_skip" and step == 1)
                     grads = [on_device(g, mode) for g in per_rank[rank]]
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
@@ -249,16 +288,7 @@ def _device_worker(rank, port, out):
                         opt.apply(grads, params)
                         traffic.counting = False
                         ref.apply([cuda.to_device(g) for g in folded], ref_params)
-                bad = []
-                for k, (p, q) in enumerate(zip(params, ref_params)):
-                    got, want = to_host(p), q.copy_to_host()
-                    if not np.array_equal(got, want):
-                        bad.append(f"param {names[k]}" if deterministic or not np.allclose(
-                            got, want, rtol=1e-6, atol=1e-7) else "")
-                    for slot in opt.get_slot_names():
-                        if not np.array_equal(opt.gather_slot(p, slot),
-                                              ref.get_slot(q, slot).copy_to_host()):
-                            bad.append(f"slot {slot} of {names[k]}" if deterministic else "")
+                bad = _device_differences(opt, ref, params, ref_params, deterministic, to_host)
                 if mode == "device-staged-host":  # a checkpoint round trip over that group
                     path = os.path.join(out, f"ckpt-{name}")
                     opt.save_state(path)
@@ -278,7 +308,7 @@ def _device_worker(rank, port, out):
                     "name": f"{name}/{mode}/stage{stage}/{reduce}/"
                             f"{'ordered' if deterministic else 'backend'}",
                     "mode": mode, "deterministic": deterministic,
-                    "bad": [b for b in bad if b],
+                    "bad": bad,
                     "iterations": [opt.iterations, ref.iterations,
                                    opt.skipped_steps, ref.skipped_steps],
                     "host_bytes": traffic.bytes, "grad_bytes": STEPS * grad_bytes,
@@ -323,9 +353,8 @@ def _nccl_worker(rank, world, port, out):
     import torch.distributed as dist
     from numba import cuda
 
-    from configs import CONFIGS, Clock, make_kwargs
+    from configs import CONFIGS, Clock
 
-    import numba_adamax as na
     from numba_adamax import distributed as nad
     from numba_adamax.kernels import config as kernel_config
     kernel_config.CHUNK = 512  # split the variables over the ranks
@@ -334,13 +363,13 @@ def _nccl_worker(rank, world, port, out):
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     comm = nad.TorchComm()
-    names = list(DEVICE_SHAPES)
     checks = []
     for j, name in enumerate(("defaults", "global_clipnorm", "accum_2_ema_overwrite_1",
                               "kitchen_sink")):
         config = CONFIGS[name]
         for tensors in (False, True):
-            for stage, deterministic, reduce in DEVICE_RUNS["device"]:
+            for run in DEVICE_RUNS["device"]:
+                stage, deterministic, reduce = run
                 clocks = Clock(), Clock()
                 rng = np.random.default_rng(j)
                 start = [rng.standard_normal(sh).astype(dt) for sh, dt in DEVICE_SHAPES.values()]
@@ -349,49 +378,21 @@ def _nccl_worker(rank, world, port, out):
                     return (torch.from_numpy(host.copy()).cuda() if tensors
                             else cuda.to_device(host))
 
+                def to_host(array):
+                    return array.cpu().numpy() if tensors else array.copy_to_host()
+
                 params = [on_device(a) for a in start]
                 ref_params = [cuda.to_device(a) for a in start]
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    opt = nad.ShardedAdamax(comm, zero_stage=stage, reduce=reduce,
-                                            deterministic=deterministic,
-                                            **make_kwargs(config, clocks[0]))
-                    ref = na.Adamax(**make_kwargs(config, clocks[1]))
-                opt.build(params, names=names)
-                ref.build(ref_params, names=names)
-                if config.exclude_names:
-                    opt.exclude_from_weight_decay(var_names=list(config.exclude_names))
-                    ref.exclude_from_weight_decay(var_names=list(config.exclude_names))
+                opt, ref = _device_pair(comm, config, clocks, run, params, ref_params)
                 for step in range(STEPS):
                     clocks[0].step = clocks[1].step = step
-                    per_rank = [[np.random.default_rng([j, step, r, k]).standard_normal(
-                        sh).astype(dt) for k, (sh, dt) in enumerate(DEVICE_SHAPES.values())]
-                        for r in range(world)]
-                    folded = []
-                    for k in range(len(names)):
-                        total = per_rank[0][k].copy()
-                        for r in range(1, world):
-                            total = total + per_rank[r][k]
-                        if reduce == "mean":
-                            total = np.divide(total, world, dtype=total.dtype)
-                        folded.append(total)
+                    per_rank, folded = _rank_gradients(j, step, world, reduce)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         opt.apply([on_device(g) for g in per_rank[rank]], params)
                         ref.apply([cuda.to_device(g) for g in folded], ref_params)
                 torch.cuda.synchronize()
-                bad = []
-                for k, (p, q) in enumerate(zip(params, ref_params)):
-                    got = p.cpu().numpy() if tensors else p.copy_to_host()
-                    want = q.copy_to_host()
-                    same = np.array_equal(got, want) if deterministic else np.allclose(
-                        got, want, rtol=1e-6, atol=1e-7)
-                    if not same:
-                        bad.append(f"param {names[k]}")
-                    for slot in opt.get_slot_names():
-                        if deterministic and not np.array_equal(
-                                opt.gather_slot(p, slot), ref.get_slot(q, slot).copy_to_host()):
-                            bad.append(f"slot {slot} of {names[k]}")
+                bad = _device_differences(opt, ref, params, ref_params, deterministic, to_host)
                 checks.append({"name": f"{name}/{'tensors' if tensors else 'numba'}/stage{stage}/"
                                        f"{reduce}/{'ordered' if deterministic else 'backend'}",
                                "bad": bad, "buffers": type(opt._state.space).__name__,
