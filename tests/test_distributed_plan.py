@@ -233,6 +233,22 @@ def test_a_first_apply_takes_its_indexed_slices_as_the_sparse_variables():
     built.build([a.copy() for a in start])
     assert built._state.plan.sparse == frozenset()  # an explicit build declares none
 
+    # declared variables stay sparse when the building call gives one of them None
+    start3 = [np.full((6, 2), 1.0, np.float32), np.full(5, 2.0, np.float32),
+              np.full((4, 3), 3.0, np.float32)]
+    arrays, ref_arrays = [a.copy() for a in start3], [a.copy() for a in start3]
+    opt = nad.ShardedAdamax(nad.SelfComm(), learning_rate=0.1, sparse_variables=[0, 2])
+    ref = na.Adamax(learning_rate=0.1)
+    first = [na.IndexedSlices(np.ones((2, 2), np.float32), np.array([4, 1])),
+             np.full(5, 0.5, np.float32), None]
+    then = [None, np.full(5, 0.5, np.float32),
+            na.IndexedSlices(np.ones((1, 3), np.float32), np.array([2]))]
+    for grads in (first, then):
+        opt.apply(grads, arrays)
+        ref.apply(grads, ref_arrays)
+    assert opt._state.plan.sparse == {0, 2}
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, ref_arrays))
+
 
 @pytest.mark.parametrize("kwargs, kind, match", [
     ({"zero_stage": 2}, ValueError, "zero_stage"),

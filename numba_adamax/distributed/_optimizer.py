@@ -92,6 +92,8 @@ class ShardedAdamax(Adamax):
             self._adopt(self._new_state(variables, names))
 
     def _new_state(self, variables, names=None, sparse_variables=None):
+        """The state for ``variables`` (collective), with ``sparse_variables`` or else
+        the constructor's as the sparse ones; loads a pending checkpoint."""
         if sparse_variables is None:
             sparse_variables = self._sparse_variables
         state = together(self._comm, ShardedState, self._comm, variables, names, self._hp,
@@ -120,8 +122,10 @@ class ShardedAdamax(Adamax):
         fresh = state is None
         if fresh:
             together(self._comm, _require_variables, variables)
-            state = self._new_state(variables, sparse_variables=_sparse_positions(grads,
-                                                                                  variables))
+            sparse = self._sparse_variables
+            if sparse is None:  # not declared: this call's IndexedSlices
+                sparse = _sparse_positions(grads, variables)
+            state = self._new_state(variables, sparse_variables=sparse)
         grads, kinds = state.prepare(grads, variables)
         state.run(grads, kinds)
         if fresh:
