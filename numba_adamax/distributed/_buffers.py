@@ -25,9 +25,6 @@ class ExchangeBuffers:
     """Exchange buffers in host memory (NumPy arrays); ``upload`` (for device
     variables) makes ``for_kernels`` give device copies."""
 
-    #: Whether the buffers are in device memory.
-    on_device = False
-
     def __init__(self, upload=False):
         self.upload = upload
         self._scratch = {}
@@ -36,9 +33,17 @@ class ExchangeBuffers:
         """A buffer of ``size`` elements of the NumPy ``dtype``, cached under ``key``
         (its contents are whatever the last user left)."""
         buf = self._scratch.get(key)
-        if buf is None or buf.size != size or buf.dtype != dtype:
-            buf = self._scratch[key] = np.empty(size, dtype)
+        if buf is None or not self._fits(buf, size, dtype):
+            buf = self._scratch[key] = self._allocate(size, dtype)
         return buf
+
+    def _fits(self, buf, size, dtype):
+        """Whether the buffer ``buf`` has ``size`` elements of the NumPy ``dtype``."""
+        return buf.size == size and buf.dtype == dtype
+
+    def _allocate(self, size, dtype):
+        """A new buffer of ``size`` elements of the NumPy ``dtype``."""
+        return np.empty(size, dtype)
 
     def zero(self, buffer):
         """Fill ``buffer`` with zeros; mutates it."""

@@ -40,8 +40,10 @@ class TorchComm(Comm):
                              "torch.distributed.init_process_group(...) first")
         backend = str(dist.get_backend(group)).lower()
         self.device = _wire_device(torch, device, backend)
-        host_backend = "gloo" in backend or "mpi" in backend
-        if self.device is None and not host_backend:
+        # NCCL moves CUDA memory only: without a CPU backend, host buffers go through
+        # device copies
+        self._host_direct = "gloo" in backend or "mpi" in backend
+        if self.device is None and not self._host_direct:
             raise ValueError(f"device=None keeps the exchange in host memory, which the group's "
                              f"backend ({backend}) cannot move; pass device='auto' or a CUDA "
                              "device, or use a group with gloo")
@@ -50,9 +52,6 @@ class TorchComm(Comm):
         self._all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         self._reduce_scatter = (getattr(dist, "reduce_scatter_single", None)
                                 or dist.reduce_scatter_tensor)
-        # NCCL moves CUDA memory only: without a CPU backend, host buffers go through
-        # device copies
-        self._host_direct = host_backend
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
 
@@ -178,19 +177,18 @@ class TorchDeviceBuffers(ExchangeBuffers):
     copy), the arithmetic runs on torch's current stream of ``device``, and so do the
     update kernels (``kernel_stream``), so the two are ordered."""
 
-    on_device = True
-
     def __init__(self, torch, device):
         super().__init__()
         self._torch, self.device = torch, device
 
-    def scratch(self, key, size, dtype):
-        torch = self._torch
-        wanted = torch.from_numpy(np.empty(0, dtype)).dtype
-        buf = self._scratch.get(key)
-        if buf is None or buf.numel() != size or buf.dtype != wanted:
-            buf = self._scratch[key] = torch.empty(size, dtype=wanted, device=self.device)
-        return buf
+    def _torch_dtype(self, dtype):
+        return self._torch.from_numpy(np.empty(0, dtype)).dtype
+
+    def _fits(self, buf, size, dtype):
+        return buf.numel() == size and buf.dtype == self._torch_dtype(dtype)
+
+    def _allocate(self, size, dtype):
+        return self._torch.empty(size, dtype=self._torch_dtype(dtype), device=self.device)
 
     def _view(self, variable):
         """A flat tensor over the device memory of ``variable`` (a tensor, or a device
@@ -224,7 +222,7 @@ class TorchDeviceBuffers(ExchangeBuffers):
         """A Numba device array over ``buffer``'s memory (no copy)."""
         if not buffer.numel():
             from numba import cuda
-            return cuda.device_array(0, np.dtype(str(buffer.dtype).removeprefix("torch.")))
+            return cuda.device_array(0, buffer.cpu().numpy().dtype)
         return _devices.as_device_array(buffer, "an exchange buffer")
 
     def kernel_stream(self):
